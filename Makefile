@@ -1,0 +1,38 @@
+# llm-service: `make run`, `make test`, `make lint`, `make bench`.
+# Everything runs from one virtual environment, .venv, created by whichever target runs first.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test lint format bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+run: venv
+	PY=$(PY) scripts/run-dev.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/shellcheck scripts/*.sh .ci/run
+
+format: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
+	$(PY) -m pytest
+
+bench: venv
+	@echo "no benchmarks yet (the proxy issue adds them)"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,234 @@
+"""One error family, three renderings.
+
+Every error the service itself produces is an `ApiError` subclass carrying its HTTP status and
+machine `type`. `error_body` builds the JSON for the protocol of the route that failed:
+
+* Ollama-native routes and the management API: ``{"error": "<message>", "type": "<type>", …}``
+  (Ollama clients read ``error``; our callers also read ``type``);
+* OpenAI-compatible routes (``/v1/…``): the OpenAI envelope
+  ``{"error": {"message", "type", "param", "code"}}``, so the OpenAI SDKs classify and retry it;
+* Hermes-style routes (``/v1/llm/…``, ``/v1/status``): Hermes' taxonomy
+  (``validation_error``, ``model_not_found``, ``timeout``, ``concurrency_limit``, …).
+
+Responses we generate carry ``X-Error-Source: llm-service`` so they can be told apart from
+errors Ollama sent that the proxy passed through unchanged. No exception text ever reaches a
+client: unexpected failures become a 500 with the request id, and the traceback goes to the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+ERROR_SOURCE_HEADER = "X-Error-Source"
+
+
+class ApiError(Exception):
+    """An error we answer ourselves. Keyword arguments beyond the named ones become body fields
+    (``status`` among them: the self-healing routes' callers read a ``status`` field)."""
+
+    status: int = 500
+    type: str = "internal_error"
+    default_message: str = "internal error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        type: str | None = None,
+        http_status: int | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        self.message = message or self.default_message
+        if type is not None:
+            self.type = type
+        if http_status is not None:
+            self.status = http_status
+        self.headers = dict(headers or {})
+        self.extra = extra
+        super().__init__(self.message)
+
+
+class BadRequest(ApiError):
+    status, type, default_message = 400, "invalid_request", "invalid request"
+
+
+class Unauthorized(ApiError):
+    status, type, default_message = 401, "unauthorized", "an API key is required"
+
+
+class Forbidden(ApiError):
+    status, type, default_message = 403, "forbidden", "this API key may not use this route"
+
+
+class NotFound(ApiError):
+    status, type, default_message = 404, "not_found", "not found"
+
+
+class MethodNotAllowed(ApiError):
+    status, type, default_message = 405, "method_not_allowed", "method not allowed"
+
+
+class Conflict(ApiError):
+    status, type, default_message = 409, "conflict", "conflict"
+
+
+class PayloadTooLarge(ApiError):
+    status, type, default_message = 413, "payload_too_large", "request body too large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, type, default_message = 415, "unsupported_media_type", "unsupported media type"
+
+
+class ConcurrencyLimit(ApiError):
+    status, type, default_message = 429, "concurrency_limit", "model is at its concurrency limit"
+
+
+class InternalError(ApiError):
+    status, type, default_message = 500, "internal_error", "internal error"
+
+
+class UpstreamError(ApiError):
+    status, type, default_message = 502, "ollama_error", "Ollama returned an error"
+
+
+class ServiceUnavailable(ApiError):
+    status, type, default_message = 503, "ollama_unavailable", "Ollama is not reachable"
+
+
+class UpstreamTimeout(ApiError):
+    status, type, default_message = 504, "timeout", "Ollama did not answer in time"
+
+
+class InsufficientStorage(ApiError):
+    status, type, default_message = 507, "insufficient_storage", "not enough free disk space"
+
+
+# --- renderings
+
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+_HERMES_TYPES = {
+    400: "validation_error",
+    404: "model_not_found",
+    408: "timeout",
+    429: "concurrency_limit",
+    500: "internal_error",
+    502: "ollama_error",
+    503: "connection_error",
+    504: "timeout",
+}
+
+OLLAMA, OPENAI, HERMES = "ollama", "openai", "hermes"
+
+
+def flavor_for_path(path: str) -> str:
+    """Which protocol's error shape a route speaks."""
+    if path.startswith("/v1/llm/") or path == "/v1/llm" or path == "/v1/status":
+        return HERMES
+    if path.startswith("/v1/"):
+        return OPENAI
+    return OLLAMA
+
+
+def openai_type_for_status(status: int) -> str:
+    return _OPENAI_TYPES.get(status, "api_error")
+
+
+def error_body(err: ApiError, flavor: str = OLLAMA) -> dict[str, Any]:
+    if flavor == OPENAI:
+        return {
+            "error": {
+                "message": err.message,
+                "type": openai_type_for_status(err.status),
+                "param": err.extra.get("param"),
+                "code": err.type,
+            }
+        }
+    body: dict[str, Any] = {"error": err.message}
+    if flavor == HERMES:
+        body["type"] = (
+            err.type
+            if err.type in _HERMES_TYPES.values()
+            else _HERMES_TYPES.get(err.status, "internal_error")
+        )
+    else:
+        body["type"] = err.type
+    body.update(err.extra)
+    return body
+
+
+def error_response(err: ApiError, flavor: str | None = None) -> Response:
+    if flavor is None:
+        flavor = flavor_for_path(request.path)
+    payload = json.dumps(error_body(err, flavor), separators=(",", ":"))
+    response = Response(payload + "\n", status=err.status, mimetype="application/json")
+    response.headers[ERROR_SOURCE_HEADER] = "llm-service"
+    for name, value in err.headers.items():
+        response.headers[name] = value
+    return response
+
+
+# --- Flask wiring
+
+_HTTP_MESSAGES = {
+    400: "malformed request",
+    404: "no such route",
+    405: "method not allowed for this route",
+    413: "request body too large",
+    415: "unsupported media type",
+}
+
+
+def _from_http_exception(exc: HTTPException) -> ApiError:
+    code = exc.code or 500
+    if code == 404:
+        return NotFound(f"no route for {request.method} {request.path}")
+    if code == 405:
+        allowed = (
+            ", ".join(sorted(exc.valid_methods or [])) if hasattr(exc, "valid_methods") else ""
+        )
+        headers = {"Allow": allowed} if allowed else None
+        return MethodNotAllowed(f"method {request.method} not allowed for {request.path}",
+                                headers=headers)  # fmt: skip
+    if code == 413:
+        return PayloadTooLarge()
+    if code == 400:
+        return BadRequest("malformed request")
+    message = _HTTP_MESSAGES.get(code, "request failed")
+    err = ApiError(message, http_status=code, type="http_error")
+    return err if code < 500 else InternalError()
+
+
+def init_app(app: Flask) -> None:
+    """Register handlers so no error is ever rendered as HTML or leaks exception text."""
+
+    @app.errorhandler(ApiError)
+    def handle_api_error(err: ApiError) -> Response:
+        return error_response(err)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_exception(exc: HTTPException) -> Response:
+        return error_response(_from_http_exception(exc))
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception) -> Response:
+        request_id = getattr(g, "request_id", None)
+        log.exception("unhandled error on %s %s (request %s)", request.method, request.path,
+                      request_id)  # fmt: skip
+        return error_response(InternalError(request_id=request_id))

@@ -1,0 +1,65 @@
+"""The long-lived objects of one worker process, wired once by `create_app`.
+
+Nothing here starts at import or construction: background threads (sampler, reloaders, pull
+jobs) start in `start()`, which gunicorn's ``post_worker_init`` hook calls after the worker has
+forked, and end in `stop()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from management_api.ollama import OllamaClient
+from management_api.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    ollama: OllamaClient
+    started_at: float = field(default_factory=time.time)
+    _stoppers: list[Callable[[], None]] = field(default_factory=list)
+    _starters: list[Callable[[], None]] = field(default_factory=list)
+    _started: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        # Pool sized to the worker's threads: every request thread may be talking to Ollama.
+        ollama = OllamaClient(
+            settings.ollama_url,
+            pool_size=settings.worker_threads,
+            connect_timeout=settings.upstream_connect_timeout,
+            read_timeout=settings.upstream_read_timeout,
+        )
+        return cls(settings=settings, ollama=ollama)
+
+    def on_start(self, starter: Callable[[], None], stopper: Callable[[], None]) -> None:
+        """Register a background service: `starter` runs in `start()`, `stopper` in `stop()`."""
+        self._starters.append(starter)
+        self._stoppers.append(stopper)
+
+    def start(self) -> None:
+        if self._started.is_set():
+            return
+        self._started.set()
+        for starter in self._starters:
+            starter()
+        log.info("background services started (%d)", len(self._starters))
+
+    def stop(self) -> None:
+        # Reverse order: later services may depend on earlier ones.
+        for stopper in reversed(self._stoppers):
+            try:
+                stopper()
+            except Exception:
+                log.exception("stopping a background service failed")
+        self.ollama.close()
+
+    def uptime_seconds(self) -> float:
+        return max(0.0, time.time() - self.started_at)

@@ -1,0 +1,137 @@
+"""Run the real service under the real gunicorn config, as a subprocess, for integration tests.
+
+Like Datasette's ``ds_localhost_http_server``: start, poll until it answers, assert it is still
+alive (showing its output if not), and terminate (then kill) at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN_ARGS = ("-m", "gunicorn", "-c", "config/gunicorn.conf.py", "management_api.wsgi:app")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServiceProcess:
+    """gunicorn serving management_api on two free loopback ports."""
+
+    def __init__(
+        self,
+        env: dict[str, str] | None = None,
+        extra_args: tuple[str, ...] = (),
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.proxy_port = free_port()
+        self.management_port = free_port()
+        self.env = {
+            **os.environ,
+            "LLM_BIND_HOST": "127.0.0.1",
+            "LLM_PROXY_PORT": str(self.proxy_port),
+            "LLM_MANAGEMENT_PORT": str(self.management_port),
+            "OLLAMA_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens unless overridden
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        self.extra_args = extra_args
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+        # Kept open for the life of the process; closed in stop().
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="llm-service-", suffix=".log", delete=False
+        )
+
+    @property
+    def proxy_url(self) -> str:
+        return f"http://127.0.0.1:{self.proxy_port}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self.management_port}"
+
+    def output(self) -> str:
+        self._log.flush()
+        return Path(self._log.name).read_text(errors="replace")
+
+    def start(self) -> ServiceProcess:
+        self.process = subprocess.Popen(
+            [sys.executable, *GUNICORN_ARGS, *self.extra_args],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"gunicorn exited with {self.process.returncode}:\n{self.output()}"
+                )
+            try:
+                if requests.get(self.management_url + "/health/live", timeout=1).ok:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(
+            f"gunicorn did not answer within {self.start_timeout} s:\n{self.output()}"
+        )
+
+    def assert_alive(self) -> None:
+        assert self.process is not None and self.process.poll() is None, self.output()
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        Path(self._log.name).unlink(missing_ok=True)
+
+
+def run_gunicorn_expecting_exit(
+    env: dict[str, str], extra_args: tuple[str, ...] = (), timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
+    """Start gunicorn and expect it to refuse to start; return the finished process."""
+    full_env = {
+        **os.environ,
+        "LLM_BIND_HOST": "127.0.0.1",
+        "LLM_PROXY_PORT": str(free_port()),
+        "LLM_MANAGEMENT_PORT": str(free_port()),
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, *GUNICORN_ARGS, *extra_args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
