@@ -1,0 +1,689 @@
+"""Admission control for inference requests: per-model slots, a global cap, bounded FIFO queues.
+
+Pure like a scheduler should be: no Flask, no sockets, no threads of its own, an injected clock,
+one lock. The proxy calls ``acquire`` from its request thread and releases the returned ``Slot``
+exactly once when the response is finished. ``submit`` is the same admission without blocking,
+which is what the unit tests drive.
+
+Exceptions::
+
+    AdmissionError            .rejection: Rejection (model, reason, limit, in_flight, queued, ...)
+    ├── AdmissionRejected     answer 429 with Retry-After
+    │   ├── QueueFull         the model's queue held max_queue waiters on arrival
+    │   └── QueueTimeout      waited max_wait_seconds without a slot
+    └── AdmissionCancelled    is_cancelled() said the client is gone while queued
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import itertools
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Protocol
+
+from management_api.limits_config import (
+    LimitsConfig,
+    LimitsResolver,
+    ModelLimits,
+    ModelRule,
+    Normalizer,
+    simple_normalize,
+)
+
+log = logging.getLogger(__name__)
+
+QUEUE_FULL = "queue_full"
+QUEUE_TIMEOUT = "queue_timeout"
+CANCELLED = "cancelled"
+REJECT_REASONS: tuple[str, ...] = (QUEUE_FULL, QUEUE_TIMEOUT, CANCELLED)
+
+# OpenAI/Anthropic SDKs give up retrying when Retry-After exceeds 60 s.
+RETRY_AFTER_MAX_SECONDS = 60
+SERVICE_EWMA_ALPHA = 0.2
+DEFAULT_MAX_TRACKED_MODELS = 1024
+# Upper bounds (seconds) of the queue-wait histogram; the last bucket is open-ended.
+WAIT_BUCKETS: tuple[float, ...] = (
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """What a refused request is told: enough for a typed 429 body and its Retry-After."""
+
+    model: str
+    reason: str
+    limit: int
+    in_flight: int
+    queued: int
+    retry_after_seconds: int
+    waited_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AdmissionError(Exception):
+    """Base of every admission outcome other than a slot."""
+
+    reason: ClassVar[str] = ""
+
+    def __init__(self, rejection: Rejection) -> None:
+        self.rejection = rejection
+        super().__init__(
+            f"model {rejection.model!r} {rejection.reason}: "
+            f"{rejection.in_flight}/{rejection.limit} running, {rejection.queued} queued"
+        )
+
+
+class AdmissionRejected(AdmissionError):
+    """The limiter refused the request: the caller answers 429 with Retry-After."""
+
+
+class QueueFull(AdmissionRejected):
+    reason = QUEUE_FULL
+
+
+class QueueTimeout(AdmissionRejected):
+    reason = QUEUE_TIMEOUT
+
+
+class AdmissionCancelled(AdmissionError):
+    """The caller went away while queued; there is nobody left to answer."""
+
+    reason = CANCELLED
+
+
+_ERROR_FOR_REASON: dict[str, type[AdmissionError]] = {
+    cls.reason: cls for cls in (QueueFull, QueueTimeout, AdmissionCancelled)
+}
+
+
+class LimiterObserver(Protocol):
+    """Metrics hook (e.g. Prometheus). Called outside the lock; a missing method is skipped."""
+
+    def on_admit(self, model: str, wait_s: float) -> None: ...
+
+    def on_reject(self, model: str, reason: str) -> None: ...
+
+    def on_release(self, model: str, service_s: float) -> None: ...
+
+
+class WaitStats:
+    """Queue waits of admitted requests: count, sum, max and a fixed-bucket histogram."""
+
+    __slots__ = ("buckets", "count", "max", "total")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+        self.buckets = [0] * (len(WAIT_BUCKETS) + 1)
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        self.max = max(self.max, seconds)
+        self.buckets[bisect.bisect_left(WAIT_BUCKETS, seconds)] += 1
+
+    def quantile(self, q: float) -> float | None:
+        """Estimate by linear interpolation inside the bucket, capped at the observed max."""
+        if self.count == 0:
+            return None
+        rank = q * self.count
+        seen = 0
+        for index, n in enumerate(self.buckets):
+            if n and seen + n >= rank:
+                bound = WAIT_BUCKETS[index] if index < len(WAIT_BUCKETS) else self.max
+                upper = min(bound, self.max)
+                lower = min(WAIT_BUCKETS[index - 1] if index else 0.0, upper)
+                return lower + (upper - lower) * max(rank - seen, 0.0) / n
+            seen += n
+        return self.max
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "sum": self.total,
+            "max": self.max,
+            "p50": self.quantile(0.5),
+            "p95": self.quantile(0.95),
+        }
+
+
+class _ModelState:
+    __slots__ = (
+        "admitted",
+        "completed",
+        "in_flight",
+        "key",
+        "limits",
+        "pauses",
+        "queue",
+        "rejected",
+        "rule",
+        "service_ewma",
+        "waits",
+    )
+
+    def __init__(self, key: str, rule: ModelRule | None, limits: ModelLimits) -> None:
+        self.key = key
+        self.rule = rule
+        self.limits = limits
+        self.in_flight = 0
+        self.queue: deque[Ticket] = deque()
+        self.pauses = 0
+        self.admitted = 0
+        self.completed = 0
+        self.rejected = dict.fromkeys(REJECT_REASONS, 0)
+        self.waits = WaitStats()
+        self.service_ewma: float | None = None
+
+    @property
+    def idle(self) -> bool:
+        return not (self.in_flight or self.queue or self.pauses)
+
+
+class Slot:
+    """A granted place to run one request. ``release()`` frees it; only the first call counts."""
+
+    __slots__ = ("_limiter", "_released", "_state", "admitted_at", "limits", "queue_wait_seconds")
+
+    def __init__(
+        self,
+        limiter: Limiter,
+        state: _ModelState,
+        admitted_at: float,
+        queue_wait_seconds: float,
+    ) -> None:
+        self._limiter = limiter
+        self._state = state
+        self._released = False
+        # Snapshot at admission: the proxy's timeouts for this request don't move under it.
+        self.limits = state.limits
+        self.admitted_at = admitted_at
+        self.queue_wait_seconds = queue_wait_seconds
+
+    @property
+    def model(self) -> str:
+        return self._state.key
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def release(self) -> bool:
+        """Free the slot and admit the next waiter; True the first time, False afterwards."""
+        return self._limiter._release(self)
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "held"
+        return f"<Slot {self.model} {state}>"
+
+
+class Ticket:
+    """One request's passage through admission: queued, then a ``slot`` or a ``rejection``."""
+
+    __slots__ = ("_event", "_limiter", "_state", "arrived_at", "rejection", "seq", "slot")
+
+    def __init__(self, limiter: Limiter, state: _ModelState, seq: int, arrived_at: float) -> None:
+        self._limiter = limiter
+        self._state = state
+        self._event = threading.Event()
+        self.seq = seq
+        self.arrived_at = arrived_at
+        self.slot: Slot | None = None
+        self.rejection: Rejection | None = None
+
+    @property
+    def model(self) -> str:
+        return self._state.key
+
+    @property
+    def done(self) -> bool:
+        return self.slot is not None or self.rejection is not None
+
+    def cancel(self) -> bool:
+        """Leave the queue (counted as ``cancelled``); False if already admitted or rejected."""
+        return self._limiter._cancel(self)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until something happened to this ticket; True if woken before the timeout."""
+        return self._event.wait(timeout)
+
+
+class Limiter:
+    """Per-model concurrency limits with bounded FIFO queues and an optional global cap."""
+
+    def __init__(
+        self,
+        config: LimitsConfig | None = None,
+        *,
+        normalize: Normalizer = simple_normalize,
+        clock: Callable[[], float] = time.monotonic,
+        observer: LimiterObserver | None = None,
+        max_tracked_models: int = DEFAULT_MAX_TRACKED_MODELS,
+    ) -> None:
+        if max_tracked_models < 1:
+            raise ValueError("max_tracked_models must be >= 1")
+        self._normalize = normalize
+        self._clock = clock
+        self._observer = observer
+        self._max_models = max_tracked_models
+        self._resolver = LimitsResolver(config if config is not None else LimitsConfig(), normalize)
+        self._lock = threading.Lock()
+        # Least recently used first, so eviction finds the stalest idle model quickly.
+        self._states: OrderedDict[str, _ModelState] = OrderedDict()
+        self._waiting: set[_ModelState] = set()  # states whose queue is not empty
+        self._seq = itertools.count()
+        self._global_in_flight = 0
+        self._queued = 0
+        self._admitted = 0
+        self._completed = 0
+        self._rejected = dict.fromkeys(REJECT_REASONS, 0)
+
+    @property
+    def config(self) -> LimitsConfig:
+        return self._resolver.config
+
+    # --- admission -------------------------------------------------------------------------------
+
+    def acquire(
+        self,
+        model_key: str,
+        *,
+        is_cancelled: Callable[[], bool] | None = None,
+        poll_seconds: float = 0.25,
+    ) -> Slot:
+        """Block until the request may run and return its slot.
+
+        Admission cases:
+
+        1. The model is not paused, nobody is queued for it, it runs fewer than max_concurrency
+           requests and the global cap (if any) has room: admitted at once, queue wait 0.
+        2. Otherwise, if the model's queue already holds max_queue waiters: ``QueueFull``
+           (max_queue 0 means never wait). A lowered max_queue keeps existing waiters and
+           refuses arrivals until the queue drains below it.
+        3. Otherwise the request joins the tail of the model's FIFO queue. A paused model queues
+           every arrival (cases 2 and 5 still apply) and admits them on ``resume``.
+        4. Whenever room appears (a release, a resume, a raised limit), the oldest waiter by
+           arrival among the models that are not paused and have per-model room is admitted,
+           while the global cap has room. A saturated model never blocks another model, and
+           within a model order is strictly FIFO.
+        5. A waiter that has waited max_wait_seconds (of the current config) gets
+           ``QueueTimeout`` and leaves the queue.
+        6. ``is_cancelled`` is polled every ``poll_seconds`` while queued; True removes the
+           waiter and raises ``AdmissionCancelled``. If a slot was granted in the same instant
+           the slot is returned instead; the caller's next disconnect check releases it.
+        7. A lowered max_concurrency never pre-empts: running requests finish, and new ones are
+           admitted only while in_flight is below the new limit.
+
+        Any other exception while waiting (including one from ``is_cancelled``) gives the place
+        or slot back before it propagates, so nothing leaks.
+        """
+        if poll_seconds <= 0:
+            raise ValueError("poll_seconds must be positive")
+        ticket = self.submit(model_key)
+        try:
+            return self._await(ticket, is_cancelled, poll_seconds)
+        except AdmissionError:
+            raise
+        except BaseException:
+            if not ticket.cancel() and ticket.slot is not None:
+                ticket.slot.release()
+            raise
+
+    def submit(self, model_key: str) -> Ticket:
+        """Arrive without blocking (cases 1-3 of ``acquire``); raises ``QueueFull``."""
+        key = self._normalize(model_key)
+        events: list[tuple[str, str, Any]] = []
+        with self._lock:
+            state = self._state_locked(key)
+            now = self._clock()
+            ticket = Ticket(self, state, next(self._seq), now)
+            if not state.queue and self._has_room_locked(state):
+                self._admit_locked(ticket, now, events)
+            elif len(state.queue) >= state.limits.max_queue:
+                self._reject_locked(ticket, QUEUE_FULL, now, events)
+            else:
+                state.queue.append(ticket)
+                self._waiting.add(state)
+                self._queued += 1
+        self._notify(events)
+        if ticket.rejection is not None:
+            raise _ERROR_FOR_REASON[ticket.rejection.reason](ticket.rejection)
+        return ticket
+
+    def expire_waiters(self) -> int:
+        """Time out every waiter past its max wait now (case 5); returns how many."""
+        events: list[tuple[str, str, Any]] = []
+        with self._lock:
+            now = self._clock()
+            for state in list(self._waiting):
+                # Arrival order is queue order, so the expired ones are at the head.
+                while state.queue and (
+                    now - state.queue[0].arrived_at >= state.limits.max_wait_seconds
+                ):
+                    ticket = state.queue[0]
+                    self._unqueue_locked(ticket)
+                    self._reject_locked(ticket, QUEUE_TIMEOUT, now, events)
+        self._notify(events)
+        return len(events)
+
+    def _await(
+        self, ticket: Ticket, is_cancelled: Callable[[], bool] | None, poll_seconds: float
+    ) -> Slot:
+        while True:
+            events: list[tuple[str, str, Any]] = []
+            remaining = 0.0
+            with self._lock:
+                if not ticket.done:
+                    now = self._clock()
+                    remaining = ticket._state.limits.max_wait_seconds - (now - ticket.arrived_at)
+                    if remaining <= 0:
+                        self._unqueue_locked(ticket)
+                        self._reject_locked(ticket, QUEUE_TIMEOUT, now, events)
+                    else:
+                        # Cleared under the lock: a setter holds it too, so no wake-up is lost.
+                        ticket._event.clear()
+            self._notify(events)
+            if ticket.slot is not None:
+                return ticket.slot
+            if ticket.rejection is not None:
+                raise _ERROR_FOR_REASON[ticket.rejection.reason](ticket.rejection)
+            timeout = remaining if is_cancelled is None else min(remaining, poll_seconds)
+            if ticket.wait(timeout):
+                continue
+            if is_cancelled is not None and is_cancelled() and ticket.cancel():
+                raise AdmissionCancelled(ticket.rejection)  # type: ignore[arg-type]
+
+    def _has_room_locked(self, state: _ModelState) -> bool:
+        if state.pauses or state.in_flight >= state.limits.max_concurrency:
+            return False
+        cap = self._resolver.config.global_max_concurrency
+        return cap == 0 or self._global_in_flight < cap
+
+    def _dispatch_locked(self, events: list[tuple[str, str, Any]]) -> None:
+        """Case 4: hand free room to the oldest eligible waiters."""
+        now: float | None = None
+        cap = self._resolver.config.global_max_concurrency
+        while self._waiting and (cap == 0 or self._global_in_flight < cap):
+            oldest: Ticket | None = None
+            for state in self._waiting:
+                if state.pauses or state.in_flight >= state.limits.max_concurrency:
+                    continue
+                head = state.queue[0]
+                if oldest is None or head.seq < oldest.seq:
+                    oldest = head
+            if oldest is None:
+                return
+            if now is None:
+                now = self._clock()
+            self._unqueue_locked(oldest)
+            self._admit_locked(oldest, now, events)
+
+    def _admit_locked(self, ticket: Ticket, now: float, events: list[tuple[str, str, Any]]) -> None:
+        state = ticket._state
+        wait = max(0.0, now - ticket.arrived_at)
+        state.in_flight += 1
+        state.admitted += 1
+        state.waits.observe(wait)
+        self._global_in_flight += 1
+        self._admitted += 1
+        ticket.slot = Slot(self, state, now, wait)
+        ticket._event.set()
+        events.append(("on_admit", state.key, wait))
+
+    def _reject_locked(
+        self, ticket: Ticket, reason: str, now: float, events: list[tuple[str, str, Any]]
+    ) -> None:
+        state = ticket._state
+        state.rejected[reason] += 1
+        self._rejected[reason] += 1
+        ticket.rejection = Rejection(
+            model=state.key,
+            reason=reason,
+            limit=state.limits.max_concurrency,
+            in_flight=state.in_flight,
+            queued=len(state.queue),
+            retry_after_seconds=self._retry_after_locked(state),
+            waited_seconds=max(0.0, now - ticket.arrived_at),
+        )
+        ticket._event.set()
+        events.append(("on_reject", state.key, reason))
+
+    def _unqueue_locked(self, ticket: Ticket) -> None:
+        state = ticket._state
+        state.queue.remove(ticket)
+        self._queued -= 1
+        if not state.queue:
+            self._waiting.discard(state)
+
+    def _cancel(self, ticket: Ticket) -> bool:
+        events: list[tuple[str, str, Any]] = []
+        with self._lock:
+            if ticket.done:
+                return False
+            self._unqueue_locked(ticket)
+            self._reject_locked(ticket, CANCELLED, self._clock(), events)
+        self._notify(events)
+        return True
+
+    def _release(self, slot: Slot) -> bool:
+        events: list[tuple[str, str, Any]] = []
+        with self._lock:
+            if slot._released:
+                return False
+            slot._released = True
+            state = slot._state
+            state.in_flight -= 1
+            state.completed += 1
+            self._global_in_flight -= 1
+            self._completed += 1
+            service = max(0.0, self._clock() - slot.admitted_at)
+            if state.service_ewma is None:
+                state.service_ewma = service
+            else:
+                state.service_ewma += SERVICE_EWMA_ALPHA * (service - state.service_ewma)
+            events.append(("on_release", state.key, service))
+            self._dispatch_locked(events)
+        self._notify(events)
+        return True
+
+    # --- control ---------------------------------------------------------------------------------
+
+    def pause(self, model_key: str) -> None:
+        """Stop admitting new requests for a model; running ones continue. Pauses nest."""
+        key = self._normalize(model_key)
+        with self._lock:
+            self._state_locked(key).pauses += 1
+
+    def resume(self, model_key: str) -> bool:
+        """Undo one ``pause``; True when the model admits again (queued requests go first)."""
+        key = self._normalize(model_key)
+        events: list[tuple[str, str, Any]] = []
+        with self._lock:
+            state = self._states.get(key)
+            if state is None or not state.pauses:
+                return False
+            state.pauses -= 1
+            if state.pauses:
+                return False
+            self._dispatch_locked(events)
+        self._notify(events)
+        return True
+
+    @contextlib.contextmanager
+    def paused(self, *model_keys: str) -> Iterator[None]:
+        """Pause the models for the duration of the block (cache clear)."""
+        done: list[str] = []
+        try:
+            for key in model_keys:
+                self.pause(key)
+                done.append(key)
+            yield
+        finally:
+            for key in done:
+                self.resume(key)
+
+    def update_config(self, config: LimitsConfig) -> None:
+        """Apply a reloaded config live (cases 2 and 7); raises ``LimitsConfigError`` unchanged."""
+        resolver = LimitsResolver(config, self._normalize)  # may raise: nothing changed yet
+        events: list[tuple[str, str, Any]] = []
+        with self._lock:
+            self._resolver = resolver
+            for state in self._states.values():
+                state.rule = resolver.rule_for(state.key)
+                state.limits = state.rule.limits if state.rule else config.defaults
+            # Waiters recompute their deadline from the new max_wait_seconds.
+            for state in self._waiting:
+                for ticket in state.queue:
+                    ticket._event.set()
+            self._dispatch_locked(events)
+        self._notify(events)
+
+    # --- bookkeeping -----------------------------------------------------------------------------
+
+    def _state_locked(self, key: str) -> _ModelState:
+        state = self._states.get(key)
+        if state is not None:
+            self._states.move_to_end(key)
+            return state
+        if len(self._states) >= self._max_models:
+            self._evict_locked()
+        rule = self._resolver.rule_for(key)
+        limits = rule.limits if rule else self._resolver.config.defaults
+        state = self._states[key] = _ModelState(key, rule, limits)
+        return state
+
+    def _evict_locked(self) -> None:
+        """Drop the least recently used idle model, preferring ones no entry configures.
+
+        If every tracked model is busy nothing is dropped: the table then exceeds the cap by at
+        most the number of concurrent callers, which the server's thread pool bounds.
+        """
+        victim: _ModelState | None = None
+        for state in self._states.values():
+            if not state.idle:
+                continue
+            if state.rule is None:
+                victim = state
+                break
+            if victim is None:
+                victim = state
+        if victim is not None:
+            del self._states[victim.key]
+
+    def _retry_after_locked(self, state: _ModelState) -> int:
+        if state.service_ewma is None:
+            return 1
+        estimate = math.ceil(
+            state.service_ewma * (len(state.queue) + 1) / state.limits.max_concurrency
+        )
+        return min(RETRY_AFTER_MAX_SECONDS, max(1, estimate))
+
+    def _notify(self, events: list[tuple[str, str, Any]]) -> None:
+        observer = self._observer
+        if observer is None:
+            return
+        for method_name, model, value in events:
+            method = getattr(observer, method_name, None)
+            if method is None:
+                continue
+            try:
+                method(model, value)
+            except Exception:
+                # Metrics must never break admission.
+                log.exception("limiter observer %s failed", method_name)
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def in_flight_for(self, model_key: str) -> int:
+        key = self._normalize(model_key)
+        with self._lock:
+            state = self._states.get(key)
+            return state.in_flight if state else 0
+
+    def queued_for(self, model_key: str) -> int:
+        key = self._normalize(model_key)
+        with self._lock:
+            state = self._states.get(key)
+            return len(state.queue) if state else 0
+
+    def is_paused(self, model_key: str) -> bool:
+        key = self._normalize(model_key)
+        with self._lock:
+            state = self._states.get(key)
+            return bool(state and state.pauses)
+
+    def limits_for(self, model_key: str) -> ModelLimits:
+        with self._lock:
+            return self._resolver.limits_for(model_key)
+
+    def retry_after_seconds(self, model_key: str) -> int:
+        """ceil(service EWMA x (queued + 1) / limit), clamped to [1, 60]; 1 before any release."""
+        key = self._normalize(model_key)
+        with self._lock:
+            state = self._states.get(key)
+            return self._retry_after_locked(state) if state else 1
+
+    def tracked_models(self) -> list[str]:
+        with self._lock:
+            return list(self._states)
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-ready view for ``GET /api/limits``: config, totals and every seen or named model."""
+        with self._lock:
+            resolver = self._resolver
+            views = {key: self._model_view_locked(state) for key, state in self._states.items()}
+            for key in resolver.exact_models:
+                if key not in views:
+                    # Named in the config but not seen yet: shown with zero counters, not tracked.
+                    rule = resolver.rule_for(key)
+                    limits = rule.limits if rule else resolver.config.defaults
+                    views[key] = self._model_view_locked(_ModelState(key, rule, limits))
+            return {
+                "config": resolver.config.to_dict(),
+                "global": {
+                    "max_concurrency": resolver.config.global_max_concurrency,
+                    "in_flight": self._global_in_flight,
+                    "queued": self._queued,
+                },
+                "totals": {
+                    "in_flight": self._global_in_flight,
+                    "queued": self._queued,
+                    "admitted": self._admitted,
+                    "completed": self._completed,
+                    "rejected": dict(self._rejected),
+                },
+                "models": [views[key] for key in sorted(views)],
+            }
+
+    def _model_view_locked(self, state: _ModelState) -> dict[str, Any]:
+        return {
+            "model": state.key,
+            "rule": state.rule.match if state.rule else None,
+            "limits": state.limits.to_dict(),
+            "paused": bool(state.pauses),
+            "in_flight": state.in_flight,
+            "queued": len(state.queue),
+            "admitted": state.admitted,
+            "completed": state.completed,
+            "rejected": dict(state.rejected),
+            "wait_seconds": state.waits.to_dict(),
+            "service_seconds_ewma": state.service_ewma,
+            "retry_after_seconds": self._retry_after_locked(state),
+        }
