@@ -32,7 +32,7 @@ test: lint
 	$(PY) -m pytest
 
 bench: venv
-	@echo "no benchmarks yet (the proxy issue adds them)"
+	$(PY) -m bench.proxy_bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@
 * Background threads start in ``post_worker_init``, after the fork, never at import.
 """
 
+import signal
 import sys
 
 from management_api.settings import Settings, SettingsError
@@ -64,7 +65,11 @@ def nworkers_changed(server, new_value, old_value):
 
 
 def post_worker_init(worker):
-    worker.wsgi.extensions["llm_service"].start()
+    services = worker.wsgi.extensions["llm_service"]
+    services.start()
+    # SIGHUP to the *worker* re-reads the limits file. (SIGHUP to the master makes gunicorn
+    # replace the worker, which would reset every counter.)
+    signal.signal(signal.SIGHUP, lambda *_: services.limits_reloader.request_reload())
 
 
 def worker_exit(server, worker):

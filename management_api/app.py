@@ -9,7 +9,7 @@ import uuid
 from flask import Flask, Response, g, request
 
 from management_api import errors
-from management_api.routes import health
+from management_api.routes import health, hermes_api, management, ollama_api, openai_api
 from management_api.services import Services
 from management_api.settings import Settings
 
@@ -31,6 +31,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     errors.init_app(app)
     _init_request_ids(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(management.bp)
+    app.register_blueprint(hermes_api.bp)
+    app.register_blueprint(openai_api.bp)
+    app.register_blueprint(ollama_api.bp)
     return app
 
 

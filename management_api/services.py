@@ -1,8 +1,8 @@
 """The long-lived objects of one worker process, wired once by `create_app`.
 
-Nothing here starts at import or construction: background threads (sampler, reloaders, pull
-jobs) start in `start()`, which gunicorn's ``post_worker_init`` hook calls after the worker has
-forked, and end in `stop()`.
+Nothing here starts at import or construction: background threads (limits reloader, sampler,
+pull jobs) start in `start()`, which gunicorn's ``post_worker_init`` hook calls after the worker
+has forked, and end in `stop()`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from management_api import names
+from management_api.catalog import Catalog
+from management_api.gateway import Gateway
+from management_api.limiter import Limiter
+from management_api.limits_config import LimitsReloader
 from management_api.ollama import OllamaClient
 from management_api.settings import Settings
 
@@ -23,6 +28,10 @@ log = logging.getLogger(__name__)
 class Services:
     settings: Settings
     ollama: OllamaClient
+    limiter: Limiter
+    limits_reloader: LimitsReloader
+    catalog: Catalog
+    gateway: Gateway
     started_at: float = field(default_factory=time.time)
     _stoppers: list[Callable[[], None]] = field(default_factory=list)
     _starters: list[Callable[[], None]] = field(default_factory=list)
@@ -30,14 +39,41 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        # Pool sized to the worker's threads: every request thread may be talking to Ollama.
+        # Pools sized to the worker's threads: every request thread may be talking to Ollama.
         ollama = OllamaClient(
             settings.ollama_url,
             pool_size=settings.worker_threads,
             connect_timeout=settings.upstream_connect_timeout,
             read_timeout=settings.upstream_read_timeout,
         )
-        return cls(settings=settings, ollama=ollama)
+        # names.normalize raises on a typo in an exact `match`, so a bad limits file is reported.
+        limiter = Limiter(normalize=names.normalize)
+        reloader = LimitsReloader(
+            settings.limits_file,
+            limiter.update_config,
+            interval_seconds=settings.limits_reload_seconds,
+        )
+        reloader.load_initial()  # a broken file at start-up stops the service
+        catalog = Catalog(ollama, ttl_seconds=settings.model_cache_ttl)
+        gateway = Gateway(
+            ollama_url=settings.ollama_url,
+            limiter=limiter,
+            catalog=catalog,
+            ollama=ollama,
+            pool_size=settings.worker_threads,
+            connect_timeout=settings.upstream_connect_timeout,
+            grace_seconds=settings.upstream_grace_seconds,
+        )
+        services = cls(
+            settings=settings,
+            ollama=ollama,
+            limiter=limiter,
+            limits_reloader=reloader,
+            catalog=catalog,
+            gateway=gateway,
+        )
+        services.on_start(reloader.start, reloader.stop)
+        return services
 
     def on_start(self, starter: Callable[[], None], stopper: Callable[[], None]) -> None:
         """Register a background service: `starter` runs in `start()`, `stopper` in `stop()`."""
@@ -59,6 +95,7 @@ class Services:
                 stopper()
             except Exception:
                 log.exception("stopping a background service failed")
+        self.gateway.close()
         self.ollama.close()
 
     def uptime_seconds(self) -> float:

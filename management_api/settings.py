@@ -226,6 +226,8 @@ SETTINGS: tuple[Setting, ...] = (
             "how long the installed-model list is cached, seconds"),
     Setting("limits_file", "LLM_LIMITS_FILE", "config/limits.toml", path_value,
             "per-model concurrency limits (TOML); relative paths are relative to the project"),
+    Setting("limits_reload_seconds", "LLM_LIMITS_RELOAD_SECONDS", 2, positive_seconds,
+            "how often the limits file is checked for changes, seconds"),
     Setting("log_dir", "LLM_LOG_DIR", "logs", path_value,
             "service logs; the Ollama log read by the health check lives here"),
     Setting("worker_threads", "LLM_WORKER_THREADS", 256, positive_int,
@@ -276,6 +278,7 @@ class Settings:
     stats_interval: float
     model_cache_ttl: float
     limits_file: Path
+    limits_reload_seconds: float
     log_dir: Path
     worker_threads: int
     upstream_connect_timeout: float

@@ -1,0 +1,214 @@
+"""Proxy overhead, measured against a direct call to the emulator in the same run.
+
+    python -m bench.proxy_bench [--quick]
+
+Prints one table and writes bench/results/proxy.json. Figures are ratios or differences
+against the direct path, so they compare across machines; absolute numbers are for context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import requests
+
+from tests.fake_ollama.harness import FakeOllama
+from tests.service_harness import ServiceProcess
+
+RESULTS = Path(__file__).resolve().parent / "results" / "proxy.json"
+MODEL = "llama3.2:latest"
+LIMITS = """
+[defaults]
+max_concurrency = 64
+max_queue = 2000
+max_wait_seconds = 600
+[[models]]
+match = "qwen3:14b-q8"
+max_concurrency = 16
+max_queue = 2000
+"""
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def latency(session: requests.Session, url: str, n: int) -> list[float]:
+    body = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+    out = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = session.post(url + "/api/generate", json=body, timeout=10)
+        response.content  # noqa: B018 - read the whole body
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
+def first_byte_and_gaps(url: str, n: int) -> tuple[list[float], list[float]]:
+    body = {"model": MODEL, "prompt": "stream", "stream": True}
+    ttfb, gaps = [], []
+    with requests.Session() as session:
+        for _ in range(n):
+            started = time.perf_counter()
+            with session.post(url + "/api/generate", json=body, stream=True, timeout=10) as r:
+                last = None
+                for _line in r.iter_lines():
+                    now = time.perf_counter()
+                    if last is None:
+                        ttfb.append((now - started) * 1000)
+                    else:
+                        gaps.append((now - last) * 1000)
+                    last = now
+    return ttfb, gaps
+
+
+def throughput(url: str, seconds: float, threads: int = 8) -> float:
+    body = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+    stop = time.perf_counter() + seconds
+    counts = [0] * threads
+
+    def worker(i: int) -> None:
+        with requests.Session() as session:
+            while time.perf_counter() < stop:
+                session.post(url + "/api/generate", json=body, timeout=10).content  # noqa: B018
+                counts[i] += 1
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    return sum(counts) / seconds
+
+
+def worker_process(service: ServiceProcess) -> psutil.Process:
+    master = psutil.Process(service.process.pid)
+    children = master.children()
+    return children[0] if children else master
+
+
+def hold_connections(service: ServiceProcess, count: int) -> dict:
+    """Open `count` streaming requests for one model (16 running, the rest queued)."""
+    body = json.dumps({"model": "qwen3:14b-q8", "prompt": "hold", "stream": True}).encode()
+    request = (
+        f"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    worker = worker_process(service)
+    rss_before = worker.memory_info().rss
+    socks = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", service.proxy_port))
+        sock.sendall(request)
+        socks.append(sock)
+    deadline = time.monotonic() + 60
+    held = {}
+    while time.monotonic() < deadline:
+        totals = requests.get(service.management_url + "/api/limits", timeout=10).json()["totals"]
+        held = totals
+        if totals["in_flight"] + totals["queued"] >= count:
+            break
+        time.sleep(0.25)
+    started = time.perf_counter()
+    requests.get(service.management_url + "/health/live", timeout=10)
+    health_ms = (time.perf_counter() - started) * 1000
+    rss_held = worker.memory_info().rss
+    threads = worker.num_threads()
+    for sock in socks:
+        sock.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        totals = requests.get(service.management_url + "/api/limits", timeout=10).json()["totals"]
+        if totals["in_flight"] == 0 and totals["queued"] == 0:
+            break
+        time.sleep(0.25)
+    return {
+        "connections": count,
+        "in_flight": held.get("in_flight"),
+        "queued": held.get("queued"),
+        "rss_mb_before": round(rss_before / 2**20, 1),
+        "rss_mb_held": round(rss_held / 2**20, 1),
+        "worker_threads": threads,
+        "health_live_ms_while_held": round(health_ms, 2),
+        "drained": totals["in_flight"] == 0 and totals["queued"] == 0,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    args = parser.parse_args()
+    n = 100 if args.quick else 500
+    hold = 200 if args.quick else 1000
+
+    limits = Path(tempfile.mkdtemp()) / "limits.toml"
+    limits.write_text(LIMITS)
+    with FakeOllama(num_parallel=64, ttft_seconds=0, load_seconds=0) as emulator:
+        emulator.set_model(MODEL, tokens=1, tokens_per_second=100000, ttft_seconds=0)
+        env = {
+            "OLLAMA_URL": emulator.url,
+            "LLM_LIMITS_FILE": str(limits),
+            "LLM_WORKER_THREADS": str(hold + 64),
+        }
+        with ServiceProcess(env=env) as service:
+            with requests.Session() as direct, requests.Session() as proxied:
+                latency(direct, emulator.url, 20)  # warm both paths
+                latency(proxied, service.proxy_url, 20)
+                d = latency(direct, emulator.url, n)
+                p = latency(proxied, service.proxy_url, n)
+            emulator.set_model(MODEL, tokens=20, tokens_per_second=50, ttft_seconds=0)
+            d_ttfb, d_gaps = first_byte_and_gaps(emulator.url, 10 if args.quick else 30)
+            p_ttfb, p_gaps = first_byte_and_gaps(service.proxy_url, 10 if args.quick else 30)
+            emulator.set_model(MODEL, tokens=1, tokens_per_second=100000, ttft_seconds=0)
+            seconds = 2 if args.quick else 5
+            d_rps = throughput(emulator.url, seconds)
+            p_rps = throughput(service.proxy_url, seconds)
+            emulator.set_model("qwen3:14b-q8", tokens=100000, tokens_per_second=5)
+            held = hold_connections(service, hold)
+
+    results = {
+        "samples": n,
+        "added_p50_ms": round(statistics.median(p) - statistics.median(d), 3),
+        "added_p99_ms": round(percentile(p, 0.99) - percentile(d, 0.99), 3),
+        "direct_p50_ms": round(statistics.median(d), 3),
+        "proxy_p50_ms": round(statistics.median(p), 3),
+        "added_ttfb_p50_ms": round(statistics.median(p_ttfb) - statistics.median(d_ttfb), 3),
+        "gap_mean_ms": {"direct": round(statistics.mean(d_gaps), 2),
+                        "proxy": round(statistics.mean(p_gaps), 2)},
+        "gap_p99_ms": {"direct": round(percentile(d_gaps, 0.99), 2),
+                       "proxy": round(percentile(p_gaps, 0.99), 2)},
+        "throughput_rps": {"direct": round(d_rps, 1), "proxy": round(p_rps, 1),
+                           "ratio": round(p_rps / d_rps, 3)},
+        "held": held,
+    }  # fmt: skip
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    rows = [
+        ("added p50 latency, small non-stream generate", f"{results['added_p50_ms']} ms"),
+        ("added p99 latency", f"{results['added_p99_ms']} ms"),
+        ("added time to first byte (stream), p50", f"{results['added_ttfb_p50_ms']} ms"),
+        ("inter-chunk gap mean direct / proxy",
+         f"{results['gap_mean_ms']['direct']} / {results['gap_mean_ms']['proxy']} ms"),
+        ("throughput proxy/direct (8 threads)",
+         f"{results['throughput_rps']['ratio']} ({p_rps:.0f} / {d_rps:.0f} req/s)"),
+        (f"{held['connections']} connections held: worker RSS",
+         f"{held['rss_mb_held']} MB (idle {held['rss_mb_before']} MB), "
+         f"{held['in_flight']} streaming + {held['queued']} queued"),
+        ("/health/live while held", f"{held['health_live_ms_while_held']} ms"),
+    ]  # fmt: skip
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,397 @@
+"""The proxy service: admission, forwarding and bookkeeping of one client request (no Flask).
+
+Routes hand a `ClientRequest` to `Gateway.forward` and turn the returned `ForwardedResponse` into
+a WSGI response. The admission cases, in order:
+
+1. not an inference route → forwarded unadmitted (tags, ps, show, pull, …, unknown routes);
+2. ``{"model": "", "keep_alive": 0}`` on generate/chat → every loaded model is unloaded here and
+   the caller gets 200 with ``done_reason: "unload"`` (never queued, never 429);
+3. a load/unload form → forwarded unadmitted (control requests never wait behind generations);
+4. no model, an invalid name, a malformed body, or a model that is not installed → forwarded
+   unadmitted, so the caller gets Ollama's own error, never a 429;
+5. otherwise the request takes a slot of its model (waiting in the model's FIFO queue) before
+   anything is sent upstream; a full queue or a long wait → 429 with Retry-After; a client that
+   leaves while queued is dropped from the queue.
+
+The slot is released exactly once, by the response body's ``close()`` or on any failure before it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+from management_api import errors
+from management_api.catalog import Catalog
+from management_api.inference import (
+    MUTATION_ROUTES,
+    UNLOAD_ALL,
+    InferenceRequest,
+    classify,
+    parse_body,
+)
+from management_api.limiter import AdmissionCancelled, AdmissionRejected, Limiter, Slot
+from management_api.ollama import OllamaClient, OllamaError
+from management_api.proxy import (
+    ClientGone,
+    ClientWatch,
+    ConnectionPool,
+    ProxiedBody,
+    UpstreamBroken,
+    UpstreamExchange,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    forwardable_request_headers,
+    forwardable_response_headers,
+)
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("llm_service.access")
+
+QUEUE_WAIT_HEADER = "X-Queue-Wait-Ms"
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5
+UNLOAD_ALL_DEADLINE_SECONDS = 4.0
+# Pulls, pushes and creates with stream:false answer only when done; bound them generously.
+LONG_OPERATION_SECONDS = 6 * 3600
+LONG_OPERATION_ROUTES = frozenset({"/api/pull", "/api/push", "/api/create"})
+
+
+class RequestObserver(Protocol):
+    """Metrics hook for finished requests (Prometheus attaches here)."""
+
+    def on_request_done(self, record: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class ClientRequest:
+    method: str
+    path: str  # without the query string
+    query: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    watch: ClientWatch
+    request_id: str
+    flavor: str = errors.OLLAMA
+    payload: Any = None  # the parsed JSON body, when the route already parsed it
+    streamed_body: Iterable[bytes] | None = None  # sent instead of `body` (blob uploads)
+    content_length: int | None = None
+
+    @property
+    def target(self) -> str:
+        return self.path + ("?" + self.query if self.query else "")
+
+
+@dataclass
+class ForwardedResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: Iterable[bytes]
+    has_content_type: bool = True
+
+
+@dataclass
+class Admission:
+    """One request on its way through the gateway; holds its slot until the body closes."""
+
+    request: ClientRequest
+    started: float
+    intent: InferenceRequest | None = None
+    slot: Slot | None = None
+    queue_wait: float = 0.0
+    status: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _eval_count(tail: bytes) -> int | None:
+    """eval_count from the last JSON line of a response, when it has one."""
+    for line in reversed(tail.strip().splitlines()):
+        line = line.strip()
+        if line.startswith(b"data: "):
+            line = line[6:]
+        if not line.startswith(b"{"):
+            continue
+        try:
+            payload = json.loads(line)
+        except ValueError:
+            return None
+        if isinstance(payload, dict):
+            if isinstance(payload.get("eval_count"), int):
+                return payload["eval_count"]
+            usage = payload.get("usage")
+            if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+                return usage["completion_tokens"]
+        return None
+    return None
+
+
+class Gateway:
+    def __init__(
+        self,
+        *,
+        ollama_url: str,
+        limiter: Limiter,
+        catalog: Catalog,
+        ollama: OllamaClient,
+        pool_size: int,
+        connect_timeout: float,
+        grace_seconds: float,
+        observer: RequestObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limiter = limiter
+        self.catalog = catalog
+        self.ollama = ollama
+        self.pool = ConnectionPool(ollama_url, maxsize=pool_size, connect_timeout=connect_timeout)
+        self.grace_seconds = grace_seconds
+        self.observer = observer
+        self._clock = clock
+        self._readers = ThreadPoolExecutor(
+            max_workers=max(4, pool_size), thread_name_prefix="upstream-reader"
+        )
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run `fn` on the gateway's I/O threads (used to keep writing heartbeats meanwhile)."""
+        return self._readers.submit(fn)
+
+    def close(self) -> None:
+        self._readers.shutdown(wait=False, cancel_futures=True)
+        self.pool.close()
+
+    # --- the one entry point
+
+    def forward(self, request: ClientRequest) -> ForwardedResponse:
+        admission = self.admit(request)
+        if admission.intent is not None and admission.intent.control == UNLOAD_ALL:
+            return self._unload_all(admission, admission.intent)
+        return self.open(admission)
+
+    def admit(self, request: ClientRequest) -> Admission:
+        """Classify the request and, when it needs one, wait for its slot (cases 1-5 above)."""
+        record = Admission(request=request, started=self._clock())
+        payload = request.payload
+        if payload is None and request.body:
+            payload = parse_body(request.body)
+        intent = classify(request.path, payload) if request.method == "POST" else None
+        record.intent = intent
+        if intent is not None and intent.needs_admission:
+            assert intent.model_key is not None
+            if self.catalog.is_installed(intent.model_key) is not False:
+                record.slot = self._admit(record, intent.model_key)
+        return record
+
+    def open(
+        self, admission: Admission, *, first_byte_timeout: float | None = None
+    ) -> ForwardedResponse:
+        """Send the admitted request upstream and wait for its headers; the slot goes with the
+        returned body (or is released here if that fails)."""
+        try:
+            return self._exchange(admission, first_byte_timeout)
+        except BaseException:
+            if admission.slot is not None:
+                admission.slot.release()
+            raise
+
+    # --- admission
+
+    def _admit(self, record: Admission, model_key: str) -> Slot:
+        try:
+            slot = self.limiter.acquire(model_key, is_cancelled=record.request.watch.gone)
+        except AdmissionCancelled:
+            self._log(record, status=499, outcome="client_gone_queued")
+            raise ClientGone() from None
+        except AdmissionRejected as exc:
+            rejection = exc.rejection
+            retry_after = str(rejection.retry_after_seconds)
+            self._log(record, status=429, outcome=rejection.reason)
+            model = record.intent.model if record.intent else model_key
+            raise errors.ConcurrencyLimit(
+                f"model '{model}' is at its concurrency limit "
+                f"({rejection.in_flight}/{rejection.limit} running, {rejection.queued} queued): "
+                f"{rejection.reason.replace('_', ' ')}; retry after {retry_after} s",
+                headers={"Retry-After": retry_after},
+                model=model,
+                limit=rejection.limit,
+                in_flight=rejection.in_flight,
+                queued=rejection.queued,
+                reason=rejection.reason,
+                # Hermes' names for the same facts, for clients written against Hermes.
+                max_concurrency=rejection.limit,
+                current=rejection.in_flight,
+            ) from None
+        record.queue_wait = slot.queue_wait_seconds
+        return slot
+
+    # --- forwarding
+
+    def _timeouts(self, record: Admission) -> tuple[float, float]:
+        path = record.request.path
+        if path in LONG_OPERATION_ROUTES:
+            return LONG_OPERATION_SECONDS, 600.0
+        key = record.intent.model_key if record.intent else None
+        limits = self.limiter.limits_for(key) if key else self.limiter.config.defaults
+        return limits.first_byte_timeout_seconds, limits.idle_timeout_seconds
+
+    def _exchange(self, record: Admission, first_byte_override: float | None) -> ForwardedResponse:
+        request = record.request
+        headers = forwardable_request_headers(request.headers)
+        headers["X-Request-ID"] = request.request_id
+        first_byte_timeout, idle_timeout = self._timeouts(record)
+        if first_byte_override is not None:
+            first_byte_timeout = first_byte_override
+        exchange = UpstreamExchange(self.pool, request.watch, grace_seconds=self.grace_seconds)
+        try:
+            if request.streamed_body is not None:
+                headers["Content-Length"] = str(request.content_length or 0)
+                exchange.send(request.method, request.target, headers, request.streamed_body)
+            else:
+                exchange.send(request.method, request.target, headers, request.body or None)
+            response = exchange.wait_for_headers(first_byte_timeout)
+        except ClientGone:
+            self._log(record, status=499, outcome="client_gone_before_first_byte")
+            raise
+        except UpstreamUnreachable:
+            self._log(record, status=503, outcome="ollama_unreachable")
+            raise errors.ServiceUnavailable(
+                "Ollama is not reachable; it may be restarting",
+                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+            ) from None
+        except UpstreamTimeout:
+            self._log(record, status=504, outcome="first_byte_timeout")
+            raise errors.UpstreamTimeout(
+                f"Ollama sent no response within {first_byte_timeout:g} s"
+            ) from None
+        except UpstreamBroken:
+            self._log(record, status=502, outcome="upstream_broken")
+            raise errors.UpstreamError("the connection to Ollama failed") from None
+
+        record.status = response.status
+        first_byte_at = self._clock()
+        slot = record.slot
+
+        def on_close(body: ProxiedBody) -> None:
+            if slot is not None:
+                slot.release()
+            if request.path in MUTATION_ROUTES and body.complete:
+                self.catalog.invalidate()
+            ttfb = first_byte_at - record.started
+            self._log(
+                record,
+                status=response.status,
+                outcome=body.outcome,
+                ttfb=ttfb,
+                eval_count=_eval_count(body.last_chunk),
+                bytes_sent=body.bytes_sent,
+            )
+
+        body = ProxiedBody(
+            exchange, idle_timeout=idle_timeout, readers=self._readers, on_close=on_close
+        )
+        out_headers = forwardable_response_headers(response.headers.items())
+        if not response.chunked and "content-length" in response.headers:
+            out_headers.append(("Content-Length", response.headers["content-length"]))
+        if record.slot is not None or (record.intent and record.intent.needs_admission):
+            out_headers.append((QUEUE_WAIT_HEADER, f"{record.queue_wait * 1000:.1f}"))
+        return ForwardedResponse(
+            status=response.status,
+            headers=out_headers,
+            body=body,
+            has_content_type="content-type" in response.headers,
+        )
+
+    # --- {"model": "", "keep_alive": 0}
+
+    def _unload_all(self, record: Admission, intent: InferenceRequest) -> ForwardedResponse:
+        """Unload every loaded model; bounded so the self-healing agent's 5 s timeout holds."""
+        unloaded, failed = unload_all_models(self.ollama, deadline=UNLOAD_ALL_DEADLINE_SECONDS)
+        body: dict[str, Any] = {"model": "", "created_at": _utc_now()}
+        if intent.kind == "chat":
+            body["message"] = {"role": "assistant", "content": ""}
+        else:
+            body["response"] = ""
+        body.update(done=True, done_reason="unload", unloaded_models=unloaded, failed_models=failed)
+        payload = (json.dumps(body) + "\n").encode()
+        self._log(record, status=200, outcome="unload_all")
+        return ForwardedResponse(
+            status=200,
+            headers=[("Content-Type", "application/json; charset=utf-8")],
+            body=[payload],
+        )
+
+    # --- bookkeeping
+
+    def _log(self, record: Admission, *, status: int, outcome: str, **extra: Any) -> None:
+        duration = self._clock() - record.started
+        intent = record.intent
+        line: dict[str, Any] = {
+            "request_id": record.request.request_id,
+            "method": record.request.method,
+            "path": record.request.path,
+            "model": intent.model if intent else None,
+            "status": status,
+            "outcome": outcome,
+            "queue_wait_ms": round(record.queue_wait * 1000, 2),
+            "duration_ms": round(duration * 1000, 2),
+        }
+        ttfb = extra.pop("ttfb", None)
+        if ttfb is not None:
+            line["ttfb_ms"] = round(ttfb * 1000, 2)
+        line.update({k: v for k, v in extra.items() if v is not None})
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(json.dumps(line, separators=(",", ":")))
+        if self.observer is not None:
+            try:
+                self.observer.on_request_done(line)
+            except Exception:
+                log.exception("request observer failed")
+
+
+def unload_all_models(
+    ollama: OllamaClient, *, deadline: float
+) -> tuple[list[str], list[dict[str, str]]]:
+    """Send Ollama's unload form for every loaded model, in parallel, within `deadline` seconds."""
+    started = time.monotonic()
+    try:
+        loaded = ollama.ps(read_timeout=min(2.0, deadline))
+    except OllamaError:
+        return [], [{"model": "*", "error": "Ollama is not reachable"}]
+    names_loaded = [m.get("name") or m.get("model") for m in loaded]
+    targets = [n for n in names_loaded if isinstance(n, str) and n]
+    if not targets:
+        return [], []
+
+    def unload(name: str) -> str:
+        remaining = max(0.5, deadline - (time.monotonic() - started))
+        # Embedding-only models reject /api/generate; /api/embed has the same unload form.
+        try:
+            ollama.post_json(
+                "/api/generate", {"model": name, "keep_alive": 0}, read_timeout=remaining
+            )
+        except OllamaError as exc:
+            if "does not support generate" not in str(getattr(exc, "message", "")):
+                raise
+            ollama.post_json(
+                "/api/embed", {"model": name, "input": [], "keep_alive": 0}, read_timeout=remaining
+            )
+        return name
+
+    unloaded: list[str] = []
+    failed: list[dict[str, str]] = []
+    with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
+        futures = {pool.submit(unload, name): name for name in targets}
+        for future in as_completed(futures):
+            name = futures[future]
+            try:
+                unloaded.append(future.result())
+            except OllamaError:
+                failed.append({"model": name, "error": "unload failed"})
+    return sorted(unloaded), failed

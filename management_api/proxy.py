@@ -1,0 +1,460 @@
+"""Streaming pass-through to Ollama: header hygiene, disconnect watch, bounded waits.
+
+One `UpstreamExchange` is one request to Ollama. Its life:
+
+1. ``send``: take a pooled connection (or open one, retrying connection-refused during the
+   restart grace window while the client is still there) and send the request.
+2. ``wait_for_headers``: Ollama sends nothing during queueing, model load and prompt evaluation,
+   so a blocking read would leave us blind to a client that went away. We wait for the upstream
+   socket to become readable in 250 ms steps and look at the client socket between steps; a
+   client that left makes us shut the upstream socket, so Ollama sees the FIN and stops.
+3. ``body``: a `ProxiedBody` iterable yields upstream bytes as they arrive (no re-encoding, one
+   flush per upstream chunk). Chunked bodies are read by a reader thread so the request thread
+   can keep watching the client and an idle-read deadline; its ``close()`` releases the
+   admission slot and closes upstream exactly once, whether the stream ended, failed, or the
+   client left (PEP 3333: the server calls ``close()`` in every case, even when iteration never
+   started).
+
+Mid-stream failures end the stream with one terminal error in the protocol's own form: an
+NDJSON ``{"error": …}`` line, or an SSE ``data: {"error": …}`` event. Nothing is retried once
+the request body has been sent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
+from urllib3.exceptions import ProtocolError
+from urllib3.response import HTTPResponse
+
+log = logging.getLogger(__name__)
+
+WATCH_INTERVAL_SECONDS = 0.25
+GRACE_RETRY_INTERVAL_SECONDS = 0.25
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus what a proxy must set itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Never forwarded upstream: Ollama answers 403 to a foreign Host/Origin, our own credentials
+# stay with us, and the body length is ours to set.
+_DROP_REQUEST_HEADERS = HOP_BY_HOP | {
+    "host",
+    "origin",
+    "referer",
+    "authorization",
+    "x-api-key",
+    "cookie",
+    "content-length",
+    "expect",
+}
+_DROP_RESPONSE_HEADERS = HOP_BY_HOP | {"content-length", "date", "server"}
+
+
+class ProxyError(Exception):
+    """Base for failures of an upstream exchange."""
+
+
+class ClientGone(ProxyError):
+    """The client closed its connection; the upstream call was aborted."""
+
+
+class UpstreamUnreachable(ProxyError):
+    """Ollama refused connections for the whole grace window."""
+
+
+class UpstreamTimeout(ProxyError):
+    """No response headers within the first-byte timeout, or a gap longer than the idle timeout."""
+
+
+class UpstreamBroken(ProxyError):
+    """The connection failed after the request was sent (reset, malformed response)."""
+
+
+def forwardable_request_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The client's end-to-end headers, minus what must not reach Ollama."""
+    out: dict[str, str] = {}
+    connection_tokens: set[str] = set()
+    items = list(headers)
+    for name, value in items:
+        if name.lower() == "connection":
+            connection_tokens |= {t.strip().lower() for t in value.split(",")}
+    for name, value in items:
+        lowered = name.lower()
+        if lowered in _DROP_REQUEST_HEADERS or lowered in connection_tokens:
+            continue
+        out[name] = value
+    return out
+
+
+def forwardable_response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(n, v) for n, v in headers if n.lower() not in _DROP_RESPONSE_HEADERS]
+
+
+# --- the client side
+
+
+class ClientWatch:
+    """Tells whether the client at the other end of a WSGI request has closed its connection.
+
+    WSGI gives no disconnect signal until a write fails, so we peek at the socket: readable with
+    zero bytes pending means the peer sent FIN. Readable with bytes means a pipelined request, so
+    the client is still there.
+    """
+
+    def __init__(self, sock: socket.socket | None) -> None:
+        self._sock = sock
+        self._gone = False
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, Any]) -> ClientWatch:
+        return cls(environ.get("gunicorn.socket"))
+
+    def gone(self) -> bool:
+        if self._gone or self._sock is None:
+            return self._gone
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            if readable:
+                self._gone = self._sock.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            self._gone = True
+        return self._gone
+
+
+# --- the upstream side
+
+
+class ConnectionPool:
+    """A small LIFO pool of keep-alive connections to one Ollama.
+
+    Our own rather than urllib3's pool because the proxy needs the raw socket between sending
+    the request and reading the headers, which urllib3's ``urlopen`` does not expose.
+    """
+
+    def __init__(self, base_url: str, *, maxsize: int, connect_timeout: float) -> None:
+        parts = urlsplit(base_url)
+        self.scheme = parts.scheme
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.connect_timeout = connect_timeout
+        self._idle: queue.LifoQueue[HTTPConnection] = queue.LifoQueue(maxsize)
+
+    def new_connection(self) -> HTTPConnection:
+        cls = HTTPSConnection if self.scheme == "https" else HTTPConnection
+        # urllib3's default socket options include TCP_NODELAY.
+        return cls(self.host, self.port, timeout=self.connect_timeout)
+
+    def get(self) -> tuple[HTTPConnection, bool]:
+        """A connection and whether it was reused (a reused one may have gone stale)."""
+        while True:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                return self.new_connection(), False
+            if conn.is_connected:
+                return conn, True
+            conn.close()
+
+    def put(self, conn: HTTPConnection) -> None:
+        try:
+            self._idle.put_nowait(conn)
+        except queue.Full:
+            conn.close()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+def _abort_connection(conn: HTTPConnection) -> None:
+    """Close so that a thread blocked in recv() wakes up and the peer sees FIN at once."""
+    sock = getattr(conn, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+@dataclass
+class UpstreamExchange:
+    pool: ConnectionPool
+    watch: ClientWatch
+    grace_seconds: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+    conn: HTTPConnection | None = None
+    response: HTTPResponse | None = None
+    _closed: bool = field(default=False)
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes | Iterable[bytes] | None,
+    ) -> None:
+        """Send the request; retry only failures that prove Ollama never received it.
+
+        A streamed body (an iterable, e.g. a blob upload) can be sent once only, so it always
+        gets a fresh connection and is never re-sent.
+        """
+        deadline = self.clock() + self.grace_seconds
+        replayable = body is None or isinstance(body, bytes)
+        while True:
+            if replayable:
+                conn, reused = self.pool.get()
+            else:
+                conn, reused = self.pool.new_connection(), False
+            try:
+                if not reused:
+                    conn.connect()
+                conn.request(method, path, body=body, headers=headers, preload_content=False)
+                self.conn = conn
+                return
+            except (ConnectionRefusedError, ConnectionResetError, BrokenPipeError) as exc:
+                conn.close()
+                if reused:
+                    continue  # a keep-alive connection Ollama had closed: try a fresh one
+                refused = isinstance(exc, ConnectionRefusedError) or (
+                    isinstance(exc.__context__, ConnectionRefusedError)
+                )
+                if refused and replayable and self.clock() < deadline:
+                    if self.watch.gone():
+                        raise ClientGone() from exc
+                    time.sleep(GRACE_RETRY_INTERVAL_SECONDS)
+                    continue
+                raise UpstreamUnreachable() from exc
+            except (OSError, Urllib3HTTPError) as exc:
+                conn.close()
+                if reused:
+                    continue
+                raise UpstreamUnreachable() from exc
+
+    def wait_for_headers(self, first_byte_timeout: float) -> HTTPResponse:
+        """Wait for Ollama's status line while watching the client; return the response."""
+        assert self.conn is not None and self.conn.sock is not None
+        sock = self.conn.sock
+        deadline = self.clock() + first_byte_timeout
+        while True:
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                self.abort()
+                raise UpstreamTimeout("no response from Ollama within the first-byte timeout")
+            try:
+                readable, _, _ = select.select(
+                    [sock], [], [], min(WATCH_INTERVAL_SECONDS, remaining)
+                )
+            except (OSError, ValueError) as exc:
+                self.abort()
+                raise UpstreamBroken() from exc
+            if readable:
+                break
+            if self.watch.gone():
+                self.abort()
+                raise ClientGone()
+        try:
+            # The status line has started to arrive; the rest follows promptly.
+            sock.settimeout(max(1.0, min(30.0, deadline - self.clock())))
+            self.response = self.conn.getresponse()
+        except (OSError, Urllib3HTTPError) as exc:
+            self.abort()
+            if isinstance(exc, TimeoutError | socket.timeout):
+                raise UpstreamTimeout("Ollama sent an incomplete response head") from exc
+            raise UpstreamBroken() from exc
+        return self.response
+
+    def abort(self) -> None:
+        if self.conn is not None:
+            _abort_connection(self.conn)
+        self._closed = True
+
+    def finish(self, *, complete: bool) -> None:
+        """Return the connection to the pool when the body was read to its end, else close it."""
+        if self._closed:
+            return
+        self._closed = True
+        conn, response = self.conn, self.response
+        if conn is None:
+            return
+        reusable = (
+            complete
+            and response is not None
+            and response.headers.get("connection", "").lower() != "close"
+        )
+        if reusable:
+            with contextlib.suppress(OSError):
+                conn.sock.settimeout(self.pool.connect_timeout)  # type: ignore[union-attr]
+            self.pool.put(conn)
+        else:
+            _abort_connection(conn)
+
+
+# --- the response body
+
+_END = object()
+
+
+def ndjson_error_line(message: str) -> bytes:
+    return (json.dumps({"error": message}) + "\n").encode()
+
+
+def sse_error_event(message: str, error_type: str = "api_error") -> bytes:
+    payload = {"error": {"message": message, "type": error_type, "param": None, "code": None}}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def terminal_error_for(content_type: str) -> Callable[[str], bytes] | None:
+    """How to tell a client that a stream of this content type failed part-way."""
+    content_type = content_type.lower()
+    if content_type.startswith("application/x-ndjson"):
+        return ndjson_error_line
+    if content_type.startswith("text/event-stream"):
+        return sse_error_event
+    return None
+
+
+class ProxiedBody:
+    """The WSGI body of a proxied response; ``close()`` does the bookkeeping exactly once."""
+
+    def __init__(
+        self,
+        exchange: UpstreamExchange,
+        *,
+        idle_timeout: float,
+        readers: ThreadPoolExecutor,
+        on_close: Callable[[ProxiedBody], None],
+    ) -> None:
+        self.exchange = exchange
+        self.idle_timeout = idle_timeout
+        self._readers = readers
+        self._on_close = on_close
+        self._closed = False
+        self._lock = threading.Lock()
+        response = exchange.response
+        assert response is not None
+        self.content_type = response.headers.get("content-type", "")
+        self.terminal_error = terminal_error_for(self.content_type)
+        self.complete = False
+        self.outcome = "incomplete"  # completed | client_gone | idle_timeout | upstream_error
+        self.first_chunk_at: float | None = None
+        self.bytes_sent = 0
+        self.last_chunk = b""
+
+    def __iter__(self) -> Iterator[bytes]:
+        response = self.exchange.response
+        assert response is not None
+        if response.chunked:
+            yield from self._iter_chunked(response)
+        else:
+            yield from self._iter_sized(response)
+
+    def _note(self, chunk: bytes) -> bytes:
+        if self.first_chunk_at is None:
+            self.first_chunk_at = time.monotonic()
+        self.bytes_sent += len(chunk)
+        # Keep the tail only: the final NDJSON line carries the token counts for the access log.
+        self.last_chunk = chunk if len(chunk) < 65536 else chunk[-65536:]
+        return chunk
+
+    def _iter_sized(self, response: HTTPResponse) -> Iterator[bytes]:
+        sock = self.exchange.conn.sock if self.exchange.conn else None
+        if sock is not None:
+            sock.settimeout(self.idle_timeout)
+        try:
+            while True:
+                chunk = response.read(65536, decode_content=False)
+                if not chunk:
+                    break
+                yield self._note(chunk)
+        except (OSError, Urllib3HTTPError):
+            self.outcome = "upstream_error"
+            return
+        self.complete = True
+        self.outcome = "completed"
+
+    def _iter_chunked(self, response: HTTPResponse) -> Iterator[bytes]:
+        chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        sock = self.exchange.conn.sock if self.exchange.conn else None
+        if sock is not None:
+            # Belt and braces: the reader must end even if nobody aborts it.
+            sock.settimeout(self.idle_timeout + 5)
+
+        def read() -> None:
+            try:
+                for chunk in response.read_chunked(decode_content=False):
+                    if chunk:
+                        chunks.put(chunk)
+                chunks.put(_END)
+            except (OSError, Urllib3HTTPError, ProtocolError, ValueError) as exc:
+                chunks.put(exc)
+
+        self._readers.submit(read)
+        idle_deadline = time.monotonic() + self.idle_timeout
+        watch = self.exchange.watch
+        while True:
+            try:
+                item = chunks.get(timeout=WATCH_INTERVAL_SECONDS)
+            except queue.Empty:
+                if watch.gone():
+                    self.outcome = "client_gone"
+                    self.exchange.abort()
+                    return
+                if time.monotonic() >= idle_deadline:
+                    self.outcome = "idle_timeout"
+                    self.exchange.abort()
+                    yield from self._terminal("Ollama sent nothing within the idle timeout")
+                    return
+                continue
+            if item is _END:
+                self.complete = True
+                self.outcome = "completed"
+                return
+            if isinstance(item, Exception):
+                self.outcome = "upstream_error"
+                self.exchange.abort()
+                yield from self._terminal("the connection to Ollama failed mid-stream")
+                return
+            idle_deadline = time.monotonic() + self.idle_timeout
+            yield self._note(item)
+
+    def _terminal(self, message: str) -> Iterator[bytes]:
+        if self.terminal_error is not None:
+            yield self.terminal_error(message)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.outcome == "incomplete":
+            self.outcome = "closed_early"  # the client went away, or the reader stopped early
+        self.exchange.finish(complete=self.complete)
+        self._on_close(self)

@@ -1,0 +1,61 @@
+"""Glue between Flask and the gateway: turn the current request into a forwarded response."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from flask import Response, current_app, g, request
+
+from management_api.gateway import ClientRequest
+from management_api.proxy import ClientGone, ClientWatch
+
+# Blob uploads carry whole GGUF files: streamed to Ollama, never held in memory, not capped.
+BLOB_PREFIX = "/api/blobs/"
+UPLOAD_CHUNK_BYTES = 1024 * 1024
+# nginx's code for "client closed request"; nobody reads it, but the access log does.
+CLIENT_CLOSED_STATUS = 499
+
+
+def _stream_upload() -> Iterator[bytes]:
+    stream = request.stream
+    while True:
+        chunk = stream.read(UPLOAD_CHUNK_BYTES)
+        if not chunk:
+            return
+        yield chunk
+
+
+def forward_current_request(flavor: str) -> Response:
+    services = current_app.extensions["llm_service"]
+    headers = list(request.headers.items())
+    streamed_body = None
+    if request.path.startswith(BLOB_PREFIX) and request.method == "POST":
+        request.max_content_length = None
+        body = b""
+        if request.content_length:
+            streamed_body = _stream_upload()
+    else:
+        body = request.get_data(cache=False)  # MAX_CONTENT_LENGTH applies: 413 past the cap
+    client_request = ClientRequest(
+        method=request.method,
+        path=request.path,
+        query=request.query_string.decode("latin-1"),
+        headers=headers,
+        body=body,
+        streamed_body=streamed_body,
+        content_length=request.content_length,
+        watch=ClientWatch.from_environ(request.environ),
+        request_id=g.request_id,
+        flavor=flavor,
+    )
+    try:
+        forwarded = services.gateway.forward(client_request)
+    except ClientGone:
+        return Response(b"", status=CLIENT_CLOSED_STATUS)
+    response = Response(
+        forwarded.body, status=forwarded.status, headers=forwarded.headers,
+        direct_passthrough=True,
+    )  # fmt: skip
+    if not forwarded.has_content_type:
+        response.headers.pop("Content-Type", None)
+    return response
