@@ -22,7 +22,7 @@ run: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/shellcheck scripts/*.sh .ci/run
+	$(VENV)/bin/shellcheck scripts/*.sh .ci/run healthcheck.sh
 
 format: venv
 	$(VENV)/bin/ruff format .

@@ -9,7 +9,15 @@ import uuid
 from flask import Flask, Response, g, request
 
 from management_api import errors
-from management_api.routes import health, hermes_api, management, ollama_api, openai_api
+from management_api.routes import (
+    healing,
+    health,
+    hermes_api,
+    management,
+    ollama_api,
+    openai_api,
+    stats,
+)
 from management_api.services import Services
 from management_api.settings import Settings
 
@@ -32,6 +40,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     _init_request_ids(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(management.bp)
+    app.register_blueprint(healing.bp)
+    app.register_blueprint(stats.bp)
     app.register_blueprint(hermes_api.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(ollama_api.bp)

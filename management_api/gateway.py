@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -95,7 +96,7 @@ class ForwardedResponse:
     has_content_type: bool = True
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: admissions live in a set
 class Admission:
     """One request on its way through the gateway; holds its slot until the body closes."""
 
@@ -106,6 +107,18 @@ class Admission:
     queue_wait: float = 0.0
     status: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    exchange: UpstreamExchange | None = None
+    cancelled: str | None = None  # why the service itself ended this request (cache clear)
+
+    @property
+    def model_key(self) -> str | None:
+        return self.intent.model_key if self.intent else None
+
+    def cancel(self, reason: str) -> None:
+        """End this request from outside (e.g. its model is being unloaded)."""
+        self.cancelled = reason
+        if self.exchange is not None:
+            self.exchange.abort()
 
 
 def _utc_now() -> str:
@@ -158,6 +171,25 @@ class Gateway:
         self._readers = ThreadPoolExecutor(
             max_workers=max(4, pool_size), thread_name_prefix="upstream-reader"
         )
+        self._active: set[Admission] = set()  # requests talking to Ollama right now
+        self._active_lock = threading.Lock()
+        # Replaced by the healer's single-flight unload-all when the app is wired.
+        self.unload_all: Callable[[float], tuple[list[str], list[dict[str, str]]]] = (
+            lambda deadline: unload_all_models(self.ollama, deadline=deadline)
+        )
+
+    def cancel_model(self, model_key: str, reason: str) -> int:
+        """End every in-flight request for a model; each client gets `reason` as a terminal
+        error. Returns how many were cancelled."""
+        with self._active_lock:
+            targets = [a for a in self._active if a.model_key == model_key]
+        for admission in targets:
+            admission.cancel(reason)
+        return len(targets)
+
+    def in_flight_requests(self) -> int:
+        with self._active_lock:
+            return len(self._active)
 
     def submit(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run `fn` on the gateway's I/O threads (used to keep writing heartbeats meanwhile)."""
@@ -249,36 +281,36 @@ class Gateway:
         if first_byte_override is not None:
             first_byte_timeout = first_byte_override
         exchange = UpstreamExchange(self.pool, request.watch, grace_seconds=self.grace_seconds)
+        record.exchange = exchange
+        with self._active_lock:
+            self._active.add(record)
         try:
+            if record.cancelled:
+                raise UpstreamBroken()
             if request.streamed_body is not None:
                 headers["Content-Length"] = str(request.content_length or 0)
                 exchange.send(request.method, request.target, headers, request.streamed_body)
             else:
                 exchange.send(request.method, request.target, headers, request.body or None)
             response = exchange.wait_for_headers(first_byte_timeout)
-        except ClientGone:
-            self._log(record, status=499, outcome="client_gone_before_first_byte")
+        except BaseException as exc:
+            with self._active_lock:
+                self._active.discard(record)
+            if record.cancelled and isinstance(exc, UpstreamBroken | UpstreamUnreachable):
+                self._log(record, status=503, outcome="cancelled")
+                raise errors.ServiceUnavailable(
+                    record.cancelled, type="model_unloaded", headers={"Retry-After": "1"}
+                ) from None
+            self._translate_failure(record, exc, first_byte_timeout)
             raise
-        except UpstreamUnreachable:
-            self._log(record, status=503, outcome="ollama_unreachable")
-            raise errors.ServiceUnavailable(
-                "Ollama is not reachable; it may be restarting",
-                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
-            ) from None
-        except UpstreamTimeout:
-            self._log(record, status=504, outcome="first_byte_timeout")
-            raise errors.UpstreamTimeout(
-                f"Ollama sent no response within {first_byte_timeout:g} s"
-            ) from None
-        except UpstreamBroken:
-            self._log(record, status=502, outcome="upstream_broken")
-            raise errors.UpstreamError("the connection to Ollama failed") from None
 
         record.status = response.status
         first_byte_at = self._clock()
         slot = record.slot
 
         def on_close(body: ProxiedBody) -> None:
+            with self._active_lock:
+                self._active.discard(record)
             if slot is not None:
                 slot.release()
             if request.path in MUTATION_ROUTES and body.complete:
@@ -287,14 +319,18 @@ class Gateway:
             self._log(
                 record,
                 status=response.status,
-                outcome=body.outcome,
+                outcome="cancelled" if record.cancelled else body.outcome,
                 ttfb=ttfb,
                 eval_count=_eval_count(body.last_chunk),
                 bytes_sent=body.bytes_sent,
             )
 
         body = ProxiedBody(
-            exchange, idle_timeout=idle_timeout, readers=self._readers, on_close=on_close
+            exchange,
+            idle_timeout=idle_timeout,
+            readers=self._readers,
+            on_close=on_close,
+            cancel_reason=lambda: record.cancelled,
         )
         out_headers = forwardable_response_headers(response.headers.items())
         if not response.chunked and "content-length" in response.headers:
@@ -308,11 +344,33 @@ class Gateway:
             has_content_type="content-type" in response.headers,
         )
 
+    def _translate_failure(
+        self, record: Admission, exc: BaseException, first_byte_timeout: float
+    ) -> None:
+        """Raise the API error for a failure before the first byte (ClientGone passes on)."""
+        if isinstance(exc, ClientGone):
+            self._log(record, status=499, outcome="client_gone_before_first_byte")
+            return
+        if isinstance(exc, UpstreamUnreachable):
+            self._log(record, status=503, outcome="ollama_unreachable")
+            raise errors.ServiceUnavailable(
+                "Ollama is not reachable; it may be restarting",
+                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+            ) from None
+        if isinstance(exc, UpstreamTimeout):
+            self._log(record, status=504, outcome="first_byte_timeout")
+            raise errors.UpstreamTimeout(
+                f"Ollama sent no response within {first_byte_timeout:g} s"
+            ) from None
+        if isinstance(exc, UpstreamBroken):
+            self._log(record, status=502, outcome="upstream_broken")
+            raise errors.UpstreamError("the connection to Ollama failed") from None
+
     # --- {"model": "", "keep_alive": 0}
 
     def _unload_all(self, record: Admission, intent: InferenceRequest) -> ForwardedResponse:
         """Unload every loaded model; bounded so the self-healing agent's 5 s timeout holds."""
-        unloaded, failed = unload_all_models(self.ollama, deadline=UNLOAD_ALL_DEADLINE_SECONDS)
+        unloaded, failed = self.unload_all(UNLOAD_ALL_DEADLINE_SECONDS)
         body: dict[str, Any] = {"model": "", "created_at": _utc_now()}
         if intent.kind == "chat":
             body["message"] = {"role": "assistant", "content": ""}
@@ -342,6 +400,8 @@ class Gateway:
             "queue_wait_ms": round(record.queue_wait * 1000, 2),
             "duration_ms": round(duration * 1000, 2),
         }
+        if record.slot is not None:
+            line["model_key"] = record.slot.model  # normalised and admitted: a bounded label
         ttfb = extra.pop("ttfb", None)
         if ttfb is not None:
             line["ttfb_ms"] = round(ttfb * 1000, 2)

@@ -351,11 +351,13 @@ class ProxiedBody:
         idle_timeout: float,
         readers: ThreadPoolExecutor,
         on_close: Callable[[ProxiedBody], None],
+        cancel_reason: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.exchange = exchange
         self.idle_timeout = idle_timeout
         self._readers = readers
         self._on_close = on_close
+        self._cancel_reason = cancel_reason
         self._closed = False
         self._lock = threading.Lock()
         response = exchange.response
@@ -440,7 +442,8 @@ class ProxiedBody:
             if isinstance(item, Exception):
                 self.outcome = "upstream_error"
                 self.exchange.abort()
-                yield from self._terminal("the connection to Ollama failed mid-stream")
+                reason = self._cancel_reason()
+                yield from self._terminal(reason or "the connection to Ollama failed mid-stream")
                 return
             idle_deadline = time.monotonic() + self.idle_timeout
             yield self._note(item)

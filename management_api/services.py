@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 from management_api import names
 from management_api.catalog import Catalog
 from management_api.gateway import Gateway
+from management_api.healing import Healer
+from management_api.health import HealthChecker, OllamaProbe
 from management_api.limiter import Limiter
 from management_api.limits_config import LimitsReloader
+from management_api.metrics import Metrics, StateCollector
 from management_api.ollama import OllamaClient
 from management_api.settings import Settings
+from management_api.telemetry import Sampler, create_sampler
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,11 @@ class Services:
     limits_reloader: LimitsReloader
     catalog: Catalog
     gateway: Gateway
+    sampler: Sampler
+    metrics: Metrics
+    probe: OllamaProbe
+    health: HealthChecker
+    healer: Healer
     started_at: float = field(default_factory=time.time)
     _stoppers: list[Callable[[], None]] = field(default_factory=list)
     _starters: list[Callable[[], None]] = field(default_factory=list)
@@ -46,8 +55,9 @@ class Services:
             connect_timeout=settings.upstream_connect_timeout,
             read_timeout=settings.upstream_read_timeout,
         )
+        metrics = Metrics()
         # names.normalize raises on a typo in an exact `match`, so a bad limits file is reported.
-        limiter = Limiter(normalize=names.normalize)
+        limiter = Limiter(normalize=names.normalize, observer=metrics)
         reloader = LimitsReloader(
             settings.limits_file,
             limiter.update_config,
@@ -63,6 +73,38 @@ class Services:
             pool_size=settings.worker_threads,
             connect_timeout=settings.upstream_connect_timeout,
             grace_seconds=settings.upstream_grace_seconds,
+            observer=metrics,
+        )
+        sampler = create_sampler(
+            interval=settings.stats_interval,
+            models_dir=settings.models_dir,
+            extra_info=limiter.snapshot,
+        )
+        started_at = time.time()
+        probe = OllamaProbe(ollama)
+        health = HealthChecker(
+            probe,
+            sampler,
+            ollama_log_path=settings.ollama_log_file,
+            log_window_seconds=settings.health_log_window,
+            started_at=started_at,
+        )
+        healer = Healer(
+            ollama=ollama,
+            limiter=limiter,
+            gateway=gateway,
+            sampler=sampler,
+            default_model=settings.default_model,
+            keep_alive_seconds=settings.keep_alive_seconds,
+            supervisor_socket=getattr(settings, "supervisor_socket", None),
+        )
+        gateway.unload_all = healer.unload_for_proxy
+        metrics.registry.register(
+            StateCollector(
+                limiter_snapshot=limiter.snapshot,
+                telemetry=sampler.latest,
+                ollama_up=lambda: probe.run().reachable,
+            )
         )
         services = cls(
             settings=settings,
@@ -71,8 +113,16 @@ class Services:
             limits_reloader=reloader,
             catalog=catalog,
             gateway=gateway,
+            sampler=sampler,
+            metrics=metrics,
+            probe=probe,
+            health=health,
+            healer=healer,
+            started_at=started_at,
         )
         services.on_start(reloader.start, reloader.stop)
+        services.on_start(sampler.start, sampler.stop)
+        # Further services (pull jobs, healing, metrics) register here, in dependency order.
         return services
 
     def on_start(self, starter: Callable[[], None], stopper: Callable[[], None]) -> None:
@@ -96,6 +146,7 @@ class Services:
             except Exception:
                 log.exception("stopping a background service failed")
         self.gateway.close()
+        self.probe.close()
         self.ollama.close()
 
     def uptime_seconds(self) -> float:

@@ -238,6 +238,8 @@ SETTINGS: tuple[Setting, ...] = (
             "read timeout of management calls to Ollama (tags, ps, show, delete), seconds"),
     Setting("upstream_grace_seconds", "LLM_UPSTREAM_GRACE_SECONDS", 10, non_negative_seconds,
             "how long an inference request retries connecting while Ollama restarts, seconds"),
+    Setting("ollama_log_file", "LLM_OLLAMA_LOG_FILE", None, path_value,
+            "Ollama's log, read by /health for GPU errors (default $LLM_LOG_DIR/ollama.log)"),
     Setting("health_log_window", "LLM_HEALTH_LOG_WINDOW", 600, positive_seconds,
             "seconds of Ollama log that count for /health"),
     Setting("pull_retries", "LLM_PULL_RETRIES", 3, non_negative_int,
@@ -284,6 +286,7 @@ class Settings:
     upstream_connect_timeout: float
     upstream_read_timeout: float
     upstream_grace_seconds: float
+    ollama_log_file: Path
     health_log_window: float
     pull_retries: int
     pull_stall_seconds: float
@@ -326,6 +329,8 @@ class Settings:
 
         if values["models_dir"] is None:
             values["models_dir"] = path_value("LLM_MODELS_DIR", _default_models_dir(env))
+        if values["ollama_log_file"] is None:
+            values["ollama_log_file"] = values["log_dir"] / "ollama.log"
         if values["management_url"] is None:
             values["management_url"] = f"http://127.0.0.1:{values['management_port']}"
         if values["proxy_enabled"] and values["proxy_port"] == values["management_port"]:

@@ -1,4 +1,5 @@
-"""Liveness and readiness probes (the full 4-point /health arrives with the health module)."""
+"""Health: the 4-point ``/health`` (Docker and the self-healing engine read it), liveness and
+readiness probes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,16 @@ from management_api.ollama import OllamaError
 bp = Blueprint("health", __name__)
 
 READY_PROBE_TIMEOUT_SECONDS = 2.0
+
+
+@bp.get("/health")
+def health() -> ResponseReturnValue:
+    status, body = current_app.extensions["llm_service"].health.evaluate()
+    response = jsonify(body)
+    response.status_code = status
+    if status == 503:
+        response.headers["Retry-After"] = "5"
+    return response
 
 
 @bp.get("/health/live")

@@ -50,6 +50,7 @@ class Service:
     def __init__(self, process: ServiceProcess, limits_file: Path) -> None:
         self.process = process
         self.limits_file = limits_file
+        self.ollama_log = limits_file.parent / "ollama.log"
         self.proxy = process.proxy_url
         self.management = process.management_url
 
@@ -79,9 +80,15 @@ class Service:
 
 @pytest.fixture(scope="session")
 def service_process(emulator, tmp_path_factory) -> Iterator[tuple[ServiceProcess, Path]]:
-    limits_file = tmp_path_factory.mktemp("limits") / "limits.toml"
+    state = tmp_path_factory.mktemp("service")
+    limits_file = state / "limits.toml"
     limits_file.write_text(BASE_LIMITS)
+    (state / "ollama.log").write_text("")
     env = {
+        "LLM_OLLAMA_LOG_FILE": str(state / "ollama.log"),
+        "LLM_HEALTH_LOG_WINDOW": "60",
+        "LLM_MODEL": "llama3.2:1b",
+        "LLM_STATS_INTERVAL": "0.5",
         "OLLAMA_URL": emulator.url,
         "LLM_LIMITS_FILE": str(limits_file),
         "LLM_LIMITS_RELOAD_SECONDS": "0.2",
@@ -97,6 +104,7 @@ def service_process(emulator, tmp_path_factory) -> Iterator[tuple[ServiceProcess
 def service(service_process, emulator) -> Iterator[Service]:
     process, limits_file = service_process
     svc = Service(process, limits_file)
+    svc.ollama_log.write_text("")
     emulator.reset()
     svc.set_limits(BASE_LIMITS)
     yield svc

@@ -23,8 +23,9 @@ def test_generate_returns_result_and_stats(service, emulator):
         json={"model": MODEL, "prompt": "hi", "stream": False},
         timeout=10,
     ).json()
-    response = requests.post(service.management + f"/v1/llm/{MODEL}", json={"prompt": "hi"},
-                             timeout=10)  # fmt: skip
+    response = requests.post(
+        service.management + f"/v1/llm/{MODEL}", json={"prompt": "hi"}, timeout=10
+    )
     assert response.status_code == 200
     body = response.json()
     assert body["result"] == direct["response"]
@@ -34,8 +35,9 @@ def test_generate_returns_result_and_stats(service, emulator):
 
 
 def test_stream_sends_chunks_then_done(service, emulator):
-    response = requests.post(service.management + f"/v1/llm/{MODEL}/stream",
-                             json={"prompt": "hi"}, timeout=10)  # fmt: skip
+    response = requests.post(
+        service.management + f"/v1/llm/{MODEL}/stream", json={"prompt": "hi"}, timeout=10
+    )
     assert response.headers["Content-Type"].startswith("text/event-stream")
     events = sse_events(response.text)
     assert all("chunk" in e for e in events[:-1]) and len(events) > 2
@@ -64,8 +66,9 @@ def test_stream_over_limit_is_429_before_any_event(service, emulator):
     service.wait_for(lambda: service.model_counters(MODEL)["in_flight"] == 1)
     threads += [post_async(url, {"model": MODEL, "prompt": "q"}) for _ in range(2)]
     service.wait_for(lambda: service.model_counters(MODEL)["queued"] == 2)
-    response = requests.post(service.management + f"/v1/llm/{MODEL}/stream",
-                             json={"prompt": "x"}, timeout=5)  # fmt: skip
+    response = requests.post(
+        service.management + f"/v1/llm/{MODEL}/stream", json={"prompt": "x"}, timeout=5
+    )
     assert response.status_code == 429
     assert response.headers["Retry-After"]
     body = response.json()
@@ -77,8 +80,9 @@ def test_stream_over_limit_is_429_before_any_event(service, emulator):
 
 def test_timeout_ms_gives_408(service, emulator):
     emulator.fault("stall_first_byte", route="/api/generate", seconds=3)
-    response = requests.post(service.management + f"/v1/llm/{MODEL}",
-                             json={"prompt": "x", "timeout_ms": 300}, timeout=10)  # fmt: skip
+    response = requests.post(
+        service.management + f"/v1/llm/{MODEL}", json={"prompt": "x", "timeout_ms": 300}, timeout=10
+    )
     assert response.status_code == 408
     assert response.json() == {
         "error": "Request timed out after 300ms",

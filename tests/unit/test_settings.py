@@ -19,6 +19,7 @@ def test_defaults():
     assert s.model_cache_ttl == 30
     assert s.limits_file == PROJECT_ROOT / "config" / "limits.toml"
     assert s.log_dir == PROJECT_ROOT / "logs"
+    assert s.ollama_log_file == PROJECT_ROOT / "logs" / "ollama.log"
     assert s.management_url == "http://127.0.0.1:11436"
     assert s.auth_mode == "off"
     assert s.api_keys == () and s.cors_origins == ()
@@ -46,6 +47,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
         "LLM_UPSTREAM_CONNECT_TIMEOUT": "1.5",
         "LLM_UPSTREAM_READ_TIMEOUT": "10",
         "LLM_UPSTREAM_GRACE_SECONDS": "0",
+        "LLM_OLLAMA_LOG_FILE": str(tmp_path / "ollama.log"),
         "LLM_HEALTH_LOG_WINDOW": "120",
         "LLM_PULL_RETRIES": "0",
         "LLM_PULL_STALL_SECONDS": "15",
@@ -73,6 +75,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
     assert s.worker_threads == 64
     assert (s.upstream_connect_timeout, s.upstream_read_timeout) == (1.5, 10)
     assert s.upstream_grace_seconds == 0 and s.health_log_window == 120
+    assert s.ollama_log_file == tmp_path / "ollama.log"
     assert (s.pull_retries, s.pull_stall_seconds, s.pull_min_free_gb) == (0, 15, 0)
     assert s.models_dir == tmp_path
     assert s.management_url == "http://llm-service:12001"

@@ -1,0 +1,174 @@
+"""Prometheus metrics (``prometheus_client``, one process, no multiprocess mode).
+
+Event-driven series (queue waits, request durations, time to first byte, tokens) are fed by the
+limiter's and the gateway's observer hooks. State series (in-flight, queued, limits, telemetry,
+Ollama up, pull jobs) are read from the services at scrape time by `StateCollector`, so they are
+never stale and cost nothing between scrapes. Label values are bounded: model labels come only
+from admitted (validated, installed) models; routes from a fixed list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from management_api.inference import INFERENCE_ROUTES, MUTATION_ROUTES
+from management_api.limiter import WAIT_BUCKETS
+
+PREFIX = "llm_service"
+KNOWN_ROUTES = frozenset(INFERENCE_ROUTES) | MUTATION_ROUTES | {
+    "/api/tags", "/api/ps", "/api/show", "/api/version", "/v1/models",
+}  # fmt: skip
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+def _route_label(path: str) -> str:
+    if path in KNOWN_ROUTES:
+        return path
+    if path.startswith("/v1/llm/"):
+        return "/v1/llm"
+    return "other"
+
+
+class Metrics:
+    """The registry plus the observer hooks the limiter and the gateway call."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.queue_wait = Histogram(
+            f"{PREFIX}_queue_wait_seconds", "Time admitted requests waited for a slot",
+            ["model"], buckets=WAIT_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.requests = Counter(
+            f"{PREFIX}_requests", "Proxied requests by route, status class and outcome",
+            ["route", "code", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.duration = Histogram(
+            f"{PREFIX}_request_duration_seconds", "Proxied request duration, queue wait included",
+            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.ttfb = Histogram(
+            f"{PREFIX}_time_to_first_byte_seconds", "From arrival to Ollama's first byte",
+            ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.tokens = Counter(
+            f"{PREFIX}_generated_tokens", "Tokens generated (eval_count of final lines)",
+            ["model"], registry=self.registry,
+        )  # fmt: skip
+
+    # LimiterObserver
+    def on_admit(self, model: str, wait_s: float) -> None:
+        self.queue_wait.labels(model).observe(wait_s)
+
+    # RequestObserver
+    def on_request_done(self, record: dict[str, Any]) -> None:
+        route = _route_label(record.get("path", ""))
+        status = int(record.get("status") or 0)
+        self.requests.labels(route, f"{status // 100}xx", record.get("outcome", "")).inc()
+        self.duration.labels(route).observe(record.get("duration_ms", 0) / 1000)
+        if record.get("ttfb_ms") is not None:
+            self.ttfb.labels(route).observe(record["ttfb_ms"] / 1000)
+        model_key = record.get("model_key")
+        if model_key and isinstance(record.get("eval_count"), int):
+            self.tokens.labels(model_key).inc(record["eval_count"])
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StateCollector(Collector):
+    """Reads current state at scrape time."""
+
+    def __init__(
+        self,
+        *,
+        limiter_snapshot: Callable[[], dict[str, Any]],
+        telemetry: Callable[[], Any],
+        ollama_up: Callable[[], bool],
+        pulls: Callable[[], dict[str, int]] | None = None,
+    ) -> None:
+        self._limiter_snapshot = limiter_snapshot
+        self._telemetry = telemetry
+        self._ollama_up = ollama_up
+        self.pulls = pulls
+
+    def describe(self) -> list[Metric]:
+        return []  # dynamic: nothing is collected at registration
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._limiter_metrics()
+        yield from self._telemetry_metrics()
+        up = GaugeMetricFamily(f"{PREFIX}_ollama_up", "1 when Ollama answers, else 0")
+        up.add_metric([], 1.0 if self._ollama_up() else 0.0)
+        yield up
+        if self.pulls is not None:
+            jobs = GaugeMetricFamily(f"{PREFIX}_pull_jobs", "Pull jobs by state", labels=["state"])
+            for state, count in self.pulls().items():
+                jobs.add_metric([state], count)
+            yield jobs
+
+    def _limiter_metrics(self) -> Iterator[Metric]:
+        snapshot = self._limiter_snapshot()
+        gauges = {
+            name: GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=["model"])
+            for name, text in (
+                ("in_flight", "Requests running per model"),
+                ("queued", "Requests waiting for a slot per model"),
+                ("max_concurrency", "Effective concurrency limit per model"),
+            )
+        }
+        admitted = CounterMetricFamily(
+            f"{PREFIX}_admitted", "Requests admitted per model", labels=["model"]
+        )
+        rejected = CounterMetricFamily(
+            f"{PREFIX}_rejected", "Requests refused per model and reason",
+            labels=["model", "reason"],
+        )  # fmt: skip
+        for entry in snapshot.get("models", []):
+            model = entry["model"]
+            gauges["in_flight"].add_metric([model], entry["in_flight"])
+            gauges["queued"].add_metric([model], entry["queued"])
+            gauges["max_concurrency"].add_metric([model], entry["limits"]["max_concurrency"])
+            admitted.add_metric([model], entry["admitted"])
+            for reason, count in entry["rejected"].items():
+                rejected.add_metric([model, reason], count)
+        yield from gauges.values()
+        yield admitted
+        yield rejected
+
+    def _telemetry_metrics(self) -> Iterator[Metric]:
+        snapshot = self._telemetry()
+        if snapshot is None:
+            return
+        host, gpu = snapshot.host, snapshot.gpu
+        values = (
+            ("cpu_percent", "CPU use of the whole machine, percent", host.cpu.percent),
+            ("memory_used_bytes", "Memory in use", host.memory.used_bytes),
+            ("memory_total_bytes", "Memory installed", host.memory.total_bytes),
+            ("swap_used_bytes", "Swap in use", host.swap.used_bytes),
+            ("gpu_utilization_percent", "GPU load, percent", gpu.utilization_percent),
+            ("gpu_memory_used_bytes", "GPU memory in use", gpu.memory_used_bytes),
+            ("gpu_memory_total_bytes", "GPU memory (shared pool on Jetson)",
+             gpu.memory_total_bytes),
+            ("gpu_temperature_celsius", "GPU temperature", gpu.temperature_c),
+            ("gpu_power_watts", "GPU power draw", gpu.power_w),
+            ("gpu_frequency_hertz", "GPU clock",
+             gpu.frequency_mhz * 1e6 if gpu.frequency_mhz is not None else None),
+            ("process_resident_memory_bytes_api", "RSS of this API process", host.own_rss_bytes),
+        )  # fmt: skip
+        for name, text, value in values:
+            if value is None:
+                continue  # unknown is absent, never a fake zero
+            family = GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=["source"])
+            family.add_metric([snapshot.gpu_source if name.startswith("gpu") else "host"], value)
+            yield family
+        if host.ollama is not None and host.ollama.rss_bytes is not None:
+            ollama = GaugeMetricFamily(
+                f"{PREFIX}_ollama_resident_memory_bytes", "RSS of the Ollama process"
+            )
+            ollama.add_metric([], host.ollama.rss_bytes)
+            yield ollama

@@ -1,0 +1,133 @@
+"""Self-healing routes: cache clear, GPU recover, session reset.
+
+Callers (the dashboard, the self-healing agent) send these with no body and short timeouts and
+read ``status`` plus a few figures; every answer keeps those fields (arasul-callers.md §4.2).
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from management_api import errors, names
+from management_api.healing import (
+    ModelNotInstalled,
+    ResetInProgress,
+    SupervisorUnavailable,
+    UnloadResult,
+)
+from management_api.ollama import OllamaError
+
+bp = Blueprint("healing", __name__)
+
+CACHE_CLEAR_DEADLINE_SECONDS = 8.0
+GPU_RECOVER_DEADLINE_SECONDS = 9.0
+
+
+def _optional_json() -> dict:
+    """Callers post with no body (or `Content-Type: application/json` and no body)."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    payload = request.get_json(force=True, silent=True)
+    if not isinstance(payload, dict):
+        raise errors.BadRequest("the body must be a JSON object (or empty)", status="error")
+    return payload
+
+
+def _unload_failed(result: UnloadResult) -> errors.ApiError:
+    if result.error == "Ollama is not reachable":
+        return errors.ServiceUnavailable(
+            "Ollama is not reachable", status="error", headers={"Retry-After": "5"}
+        )
+    return errors.UpstreamError(
+        f"{len(result.failed)} model(s) could not be unloaded",
+        status="error",
+        unloaded_models=result.unloaded,
+        failed_models=result.failed,
+        duration_ms=result.duration_ms,
+    )
+
+
+@bp.post("/api/cache/clear")
+def cache_clear() -> ResponseReturnValue:
+    _optional_json()
+    healer = current_app.extensions["llm_service"].healer
+    result = healer.unload_all(deadline=CACHE_CLEAR_DEADLINE_SECONDS)
+    if result.error or result.failed:
+        raise _unload_failed(result)
+    count = len(result.unloaded)
+    return jsonify(
+        status="success",
+        message=f"Cache cleared ({count} models unloaded)",
+        unloaded_models=result.unloaded,
+        failed_models=[],
+        cancelled_requests=result.cancelled_requests,
+        duration_ms=result.duration_ms,
+    )
+
+
+@bp.post("/api/gpu/recover")
+def gpu_recover() -> ResponseReturnValue:
+    _optional_json()
+    healer = current_app.extensions["llm_service"].healer
+    outcome = healer.gpu_recover(deadline=GPU_RECOVER_DEADLINE_SECONDS)
+    result: UnloadResult = outcome["result"]
+    if result.error == "Ollama is not reachable":
+        raise _unload_failed(result)
+    return jsonify(
+        status="recovered" if not result.failed else "partial",
+        freed_mb=outcome["freed_mb"],
+        free_mb=outcome["free_mb"],
+        unloaded_models=result.unloaded,
+        failed_models=result.failed,
+        can_retry=outcome["can_retry"],
+        duration_ms=result.duration_ms,
+    )
+
+
+@bp.post("/api/session/reset")
+def session_reset() -> ResponseReturnValue:
+    payload = _optional_json()
+    model = payload.get("model")
+    hard = payload.get("hard", False)
+    if model is not None and (not isinstance(model, str) or not names.is_valid(model)):
+        raise errors.BadRequest("model must be a valid model name", status="error", field="model")
+    if not isinstance(hard, bool):
+        raise errors.BadRequest("hard must be true or false", status="error", field="hard")
+    healer = current_app.extensions["llm_service"].healer
+    try:
+        outcome = healer.session_reset(model=model, hard=hard)
+    except ResetInProgress:
+        raise errors.Conflict("a session reset is already running", status="error") from None
+    except SupervisorUnavailable:
+        raise errors.ApiError(
+            "a hard reset needs supervisord's control socket (LLM_SUPERVISOR_SOCKET), "
+            "which is not available here",
+            http_status=501,
+            type="not_implemented",
+            status="error",
+        ) from None
+    except ModelNotInstalled as exc:
+        raise errors.NotFound(
+            f"model '{exc.model}' is not downloaded; pull it first (POST /api/models/pull)",
+            type="model_not_found",
+            status="error",
+            model=exc.model,
+        ) from None
+    except OllamaError:
+        raise errors.ServiceUnavailable(
+            "Ollama is not reachable", status="error", headers={"Retry-After": "5"}
+        ) from None
+    result: UnloadResult = outcome["result"]
+    loaded = outcome["model"]
+    message = f"Session reset, reloaded {loaded}" if loaded else "Session reset (no default model)"
+    return jsonify(
+        status="success",
+        message=message,
+        model=loaded,
+        hard=hard,
+        unloaded_models=result.unloaded,
+        failed_models=result.failed,
+        load_duration_ms=outcome["load_duration_ms"],
+    )

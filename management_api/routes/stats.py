@@ -1,0 +1,111 @@
+"""Telemetry and service information: ``/api/stats``, ``/api/stats/history``, ``/api/info``,
+``/metrics``. All read published state; none samples inline."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, request
+from flask.typing import ResponseReturnValue
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from management_api import __version__, errors
+from management_api.ollama import OllamaError
+from management_api.telemetry import read_platform, render_stats
+
+bp = Blueprint("stats", __name__)
+
+VERSION_CACHE_SECONDS = 60.0
+_version_lock = threading.Lock()
+_version_cache: dict[str, object] = {}
+_platform_cache: dict[str, object] = {}
+
+
+@bp.get("/api/stats")
+def stats() -> ResponseReturnValue:
+    sampler = current_app.extensions["llm_service"].sampler
+    return jsonify(
+        render_stats(sampler.latest(), now=time.time(), interval_seconds=sampler.interval)
+    )
+
+
+@bp.get("/api/stats/history")
+def history() -> ResponseReturnValue:
+    sampler = current_app.extensions["llm_service"].sampler
+    raw = request.args.get("seconds")
+    seconds = None
+    if raw is not None:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0 or seconds == float("inf"):
+            raise errors.BadRequest("seconds must be a number greater than 0", field="seconds")
+    points = sampler.history(seconds)
+    return jsonify(
+        interval_seconds=sampler.interval, count=len(points), seconds=seconds, points=points
+    )
+
+
+def _ollama_version(services) -> str | None:
+    """Ollama's version, asked at most once a minute (a down Ollama costs ≤ 1 s here)."""
+    now = time.monotonic()
+    with _version_lock:
+        if now - float(_version_cache.get("at", -1e9)) < VERSION_CACHE_SECONDS:
+            return _version_cache.get("version")  # type: ignore[return-value]
+    try:
+        version = services.ollama.version(read_timeout=1.0, retry=False)
+    except OllamaError:
+        version = None
+    with _version_lock:
+        _version_cache.update(at=now, version=version)
+    return version
+
+
+def _platform() -> dict:
+    if "info" not in _platform_cache:
+        info = read_platform()
+        _platform_cache["info"] = {
+            "jetson": info.jetson,
+            "model": info.model,
+            "l4t": info.l4t,
+            "jetpack": info.jetpack,
+            "kernel": info.kernel,
+        }
+    return _platform_cache["info"]  # type: ignore[return-value]
+
+
+@bp.get("/api/info")
+def info() -> ResponseReturnValue:
+    services = current_app.extensions["llm_service"]
+    settings = services.settings
+    limits = services.limiter.config
+    return jsonify(
+        service="llm-service",
+        version=__version__,
+        ollama_url=settings.ollama_url,
+        default_model=settings.default_model,
+        api_port=settings.management_port,
+        proxy_port=settings.proxy_port if settings.proxy_enabled else None,
+        proxy_enabled=settings.proxy_enabled,
+        ollama_version=_ollama_version(services),
+        platform=_platform(),
+        telemetry_source=services.sampler.gpu_source,
+        stats_interval_seconds=settings.stats_interval,
+        limits={
+            "file": str(settings.limits_file),
+            "defaults": limits.defaults.to_dict(),
+            "global_max_concurrency": limits.global_max_concurrency,
+            "model_rules": len(limits.models),
+        },
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(services.started_at)),
+        uptime_seconds=round(services.uptime_seconds(), 1),
+    )
+
+
+@bp.get("/metrics")
+def metrics() -> ResponseReturnValue:
+    body = current_app.extensions["llm_service"].metrics.render()
+    return Response(body, mimetype=CONTENT_TYPE_LATEST.split(";")[0],
+                    content_type=CONTENT_TYPE_LATEST)  # fmt: skip
