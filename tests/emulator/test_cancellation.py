@@ -1,0 +1,85 @@
+"""Client disconnects are noticed at every stage, recorded, and free what they held."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.fake_ollama.harness import FakeOllama
+
+
+def body(model: str = "llama3.2:1b", **extra: object) -> dict:
+    return {"model": model, "prompt": "hi", **extra}
+
+
+def finishes(fake: FakeOllama, model: str = "llama3.2:1b") -> bool:
+    response = requests.post(fake.url + "/api/generate", json=body(model, stream=False), timeout=10)
+    return response.status_code == 200 and response.json()["done"] is True
+
+
+def give_up_after(fake: FakeOllama, seconds: float, **request: object) -> float:
+    """Send a generation and abandon it after ``seconds``; returns when it hung up."""
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.post(fake.url + "/api/generate", json=body(**request), timeout=(5, seconds))
+    return time.monotonic()
+
+
+def test_close_mid_stream(fake: FakeOllama) -> None:
+    fake.set_model("llama3.2:1b", tokens=200, tokens_per_second=50)
+    response = requests.post(fake.url + "/api/generate", json=body(), stream=True, timeout=10)
+    lines = response.iter_lines()
+    assert json.loads(next(lines))["done"] is False
+    closed_by_client = time.monotonic()
+    response.close()
+    record = fake.wait_for(lambda: next(iter(fake.connections(outcome="client_closed")), None))
+    assert record["closed_at"] >= closed_by_client - 0.001
+    assert 0 < record["lines"] < 200
+    assert fake.observations()["in_flight"] == {"llama3.2:1b": 0}
+    fake.set_model("llama3.2:1b", tokens=3)
+    assert finishes(fake)
+
+
+def test_close_while_loading_aborts_the_load(fake: FakeOllama) -> None:
+    fake.set_model("gemma3:4b", load_seconds=5)
+    gone = give_up_after(fake, 0.3, model="gemma3:4b")
+    record = fake.wait_for(lambda: next(iter(fake.connections(outcome="client_closed")), None))
+    assert record["first_byte_at"] is None and record["closed_at"] >= gone - 0.05
+    fake.wait_for(lambda obs: obs["load_aborts"] == 1)
+    assert requests.get(fake.url + "/api/ps").json() == {"models": []}
+    fake.set_model("gemma3:4b", load_seconds=0.05)
+    assert finishes(fake, "gemma3:4b")
+
+
+def test_close_while_queued_skips_the_request(fake: FakeOllama) -> None:
+    fake.set_model("gemma3:4b", load_seconds=0.8)
+    loading = threading.Thread(target=finishes, args=(fake, "gemma3:4b"))
+    loading.start()
+    fake.wait_for(lambda: requests.get(fake.url + "/api/ps").json()["models"])
+    give_up_after(fake, 0.2, model="llama3.2:1b")  # queued behind gemma's load
+    loading.join()
+    observations = fake.wait_for(lambda obs: obs["pending"] == 0 and obs)
+    assert observations["loads"] == 1  # the abandoned request never loaded llama
+    outcomes = [c["outcome"] for c in observations["connections"] if c["path"] == "/api/generate"]
+    assert outcomes == ["completed", "client_closed"]
+    assert finishes(fake)
+
+
+def test_close_while_waiting_for_a_slot(fake: FakeOllama) -> None:
+    fake.set_model("llama3.2:1b", tokens=40, tokens_per_second=50)
+    holder = threading.Thread(target=finishes, args=(fake,))
+    holder.start()
+    fake.wait_for(lambda obs: obs["in_flight"].get("llama3.2:1b") == 1)
+    give_up_after(fake, 0.2)
+    waiting = fake.wait_for(lambda: next(iter(fake.connections(outcome="client_closed")), None))
+    assert waiting["first_byte_at"] is None
+    assert fake.observations()["runners"]["llama3.2:1b"]["waiting"] == 0
+    holder.join()
+    fake.set_model("llama3.2:1b", tokens=3)
+    assert finishes(fake)
+    observations = fake.observations()
+    assert observations["max_in_flight"] == {"llama3.2:1b": 1}
+    assert observations["in_flight"] == {"llama3.2:1b": 0}
