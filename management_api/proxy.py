@@ -28,18 +28,15 @@ import logging
 import queue
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.client import HTTPException, HTTPResponse
 from typing import Any
 from urllib.parse import urlsplit
-
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.exceptions import HTTPError as Urllib3HTTPError
-from urllib3.exceptions import ProtocolError
-from urllib3.response import HTTPResponse
 
 log = logging.getLogger(__name__)
 
@@ -149,38 +146,71 @@ class ClientWatch:
 # --- the upstream side
 
 
-class ConnectionPool:
-    """A small LIFO pool of keep-alive connections to one Ollama.
+class UpstreamConnection:
+    """One keep-alive socket to Ollama.
 
-    Our own rather than urllib3's pool because the proxy needs the raw socket between sending
-    the request and reading the headers, which urllib3's ``urlopen`` does not expose.
+    The proxy speaks HTTP/1.1 over this socket itself (request head and body in one write) and
+    lets ``http.client.HTTPResponse`` parse the answer: the fewest layers between the client's
+    bytes and Ollama's, and direct access to the socket for the disconnect watch.
     """
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        self.sock: socket.socket | None = None
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.pool.host, self.pool.port), self.pool.connect_timeout)
+        # Ollama (Go) sets TCP_NODELAY; without it every small write pays Nagle's 40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.pool.scheme == "https":
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.pool.host)
+        self.sock = sock
+
+    @property
+    def usable(self) -> bool:
+        """An idle keep-alive socket that is readable has been closed (or sent garbage)."""
+        if self.sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def close(self) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            self.sock = None
+
+
+class ConnectionPool:
+    """A small LIFO pool of keep-alive connections to one Ollama."""
 
     def __init__(self, base_url: str, *, maxsize: int, connect_timeout: float) -> None:
         parts = urlsplit(base_url)
         self.scheme = parts.scheme
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.host_header = parts.netloc
         self.connect_timeout = connect_timeout
-        self._idle: queue.LifoQueue[HTTPConnection] = queue.LifoQueue(maxsize)
+        self._idle: queue.LifoQueue[UpstreamConnection] = queue.LifoQueue(maxsize)
 
-    def new_connection(self) -> HTTPConnection:
-        cls = HTTPSConnection if self.scheme == "https" else HTTPConnection
-        # urllib3's default socket options include TCP_NODELAY.
-        return cls(self.host, self.port, timeout=self.connect_timeout)
+    def new_connection(self) -> UpstreamConnection:
+        return UpstreamConnection(self)
 
-    def get(self) -> tuple[HTTPConnection, bool]:
+    def get(self) -> tuple[UpstreamConnection, bool]:
         """A connection and whether it was reused (a reused one may have gone stale)."""
         while True:
             try:
                 conn = self._idle.get_nowait()
             except queue.Empty:
                 return self.new_connection(), False
-            if conn.is_connected:
+            if conn.usable:
                 return conn, True
             conn.close()
 
-    def put(self, conn: HTTPConnection) -> None:
+    def put(self, conn: UpstreamConnection) -> None:
         try:
             self._idle.put_nowait(conn)
         except queue.Full:
@@ -194,7 +224,17 @@ class ConnectionPool:
                 return
 
 
-def _abort_connection(conn: HTTPConnection) -> None:
+def request_head(
+    method: str, target: str, host: str, headers: dict[str, str], content_length: int | None
+) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if content_length is not None:
+        lines.append(f"Content-Length: {content_length}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _abort_connection(conn: UpstreamConnection) -> None:
     """Close so that a thread blocked in recv() wakes up and the peer sees FIN at once."""
     sock = getattr(conn, "sock", None)
     if sock is not None:
@@ -210,8 +250,9 @@ class UpstreamExchange:
     watch: ClientWatch
     grace_seconds: float = 10.0
     clock: Callable[[], float] = time.monotonic
-    conn: HTTPConnection | None = None
+    conn: UpstreamConnection | None = None
     response: HTTPResponse | None = None
+    method: str = "GET"
     _closed: bool = field(default=False)
 
     def send(
@@ -228,6 +269,14 @@ class UpstreamExchange:
         """
         deadline = self.clock() + self.grace_seconds
         replayable = body is None or isinstance(body, bytes)
+        self.method = method
+        if isinstance(body, bytes) or body is None:
+            length = len(body) if body is not None else None
+            if length is None and method in ("POST", "PUT", "PATCH"):
+                length = 0
+        else:
+            length = int(headers.pop("Content-Length", 0))
+        head = request_head(method, path, self.pool.host_header, headers, length)
         while True:
             if replayable:
                 conn, reused = self.pool.get()
@@ -236,23 +285,27 @@ class UpstreamExchange:
             try:
                 if not reused:
                     conn.connect()
-                conn.request(method, path, body=body, headers=headers, preload_content=False)
+                assert conn.sock is not None
+                if isinstance(body, bytes) and len(body) <= 65536:
+                    conn.sock.sendall(head + body)  # one write: no Nagle/delayed-ACK stall
+                else:
+                    conn.sock.sendall(head)
+                    for chunk in [body] if isinstance(body, bytes) else body or ():
+                        conn.sock.sendall(chunk)
                 self.conn = conn
                 return
             except (ConnectionRefusedError, ConnectionResetError, BrokenPipeError) as exc:
                 conn.close()
                 if reused:
                     continue  # a keep-alive connection Ollama had closed: try a fresh one
-                refused = isinstance(exc, ConnectionRefusedError) or (
-                    isinstance(exc.__context__, ConnectionRefusedError)
-                )
+                refused = isinstance(exc, ConnectionRefusedError)
                 if refused and replayable and self.clock() < deadline:
                     if self.watch.gone():
                         raise ClientGone() from exc
                     time.sleep(GRACE_RETRY_INTERVAL_SECONDS)
                     continue
                 raise UpstreamUnreachable() from exc
-            except (OSError, Urllib3HTTPError) as exc:
+            except OSError as exc:
                 conn.close()
                 if reused:
                     continue
@@ -283,8 +336,10 @@ class UpstreamExchange:
         try:
             # The status line has started to arrive; the rest follows promptly.
             sock.settimeout(max(1.0, min(30.0, deadline - self.clock())))
-            self.response = self.conn.getresponse()
-        except (OSError, Urllib3HTTPError) as exc:
+            response = HTTPResponse(sock, method=self.method)
+            response.begin()
+            self.response = response
+        except (OSError, HTTPException) as exc:
             self.abort()
             if isinstance(exc, TimeoutError | socket.timeout):
                 raise UpstreamTimeout("Ollama sent an incomplete response head") from exc
@@ -304,11 +359,7 @@ class UpstreamExchange:
         conn, response = self.conn, self.response
         if conn is None:
             return
-        reusable = (
-            complete
-            and response is not None
-            and response.headers.get("connection", "").lower() != "close"
-        )
+        reusable = complete and response is not None and not response.will_close
         if reusable:
             with contextlib.suppress(OSError):
                 conn.sock.settimeout(self.pool.connect_timeout)  # type: ignore[union-attr]
@@ -392,11 +443,11 @@ class ProxiedBody:
             sock.settimeout(self.idle_timeout)
         try:
             while True:
-                chunk = response.read(65536, decode_content=False)
+                chunk = response.read(65536)
                 if not chunk:
                     break
                 yield self._note(chunk)
-        except (OSError, Urllib3HTTPError):
+        except (OSError, HTTPException):
             self.outcome = "upstream_error"
             return
         self.complete = True
@@ -411,11 +462,14 @@ class ProxiedBody:
 
         def read() -> None:
             try:
-                for chunk in response.read_chunked(decode_content=False):
-                    if chunk:
-                        chunks.put(chunk)
+                while True:
+                    # read1 returns what one upstream chunk carried, as soon as it arrives.
+                    chunk = response.read1(65536)
+                    if not chunk:
+                        break
+                    chunks.put(chunk)
                 chunks.put(_END)
-            except (OSError, Urllib3HTTPError, ProtocolError, ValueError) as exc:
+            except (OSError, HTTPException, ValueError) as exc:
                 chunks.put(exc)
 
         self._readers.submit(read)
