@@ -12,10 +12,12 @@
 import signal
 import sys
 
+from management_api.auth import KeyRing, load_keys
 from management_api.settings import Settings, SettingsError
 
 try:
     _settings = Settings.load()
+    KeyRing(_settings.auth_mode, load_keys(_settings.api_keys, _settings.api_keys_file))
 except SettingsError as exc:
     # One line naming the variable and the accepted form, then stop (exit code 2 = bad config).
     print(f"llm-service: configuration error: {exc}", file=sys.stderr, flush=True)

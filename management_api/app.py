@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 
-from flask import Flask, Response, g, request
+from flask import Flask
 
-from management_api import errors
+from management_api import access, errors
+from management_api.auth import KeyRing, load_keys
+from management_api.cors import CorsPolicy
 from management_api.routes import (
     healing,
     health,
     hermes_api,
     management,
+    models,
     ollama_api,
     openai_api,
     stats,
 )
 from management_api.services import Services
 from management_api.settings import Settings
-
-REQUEST_ID_HEADER = "X-Request-ID"
-# Accept a caller's id only when it is harmless to log and echo back.
-_REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
@@ -37,29 +34,18 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["llm_service"] = services
 
     errors.init_app(app)
-    _init_request_ids(app)
+    keyring = KeyRing(settings.auth_mode, load_keys(settings.api_keys, settings.api_keys_file))
+    app.extensions["llm_service_keys"] = keyring
+    access.init_app(app, keyring, CorsPolicy(settings.cors_origins))
     app.register_blueprint(health.bp)
     app.register_blueprint(management.bp)
+    app.register_blueprint(models.bp)
     app.register_blueprint(healing.bp)
     app.register_blueprint(stats.bp)
     app.register_blueprint(hermes_api.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(ollama_api.bp)
     return app
-
-
-def _init_request_ids(app: Flask) -> None:
-    @app.before_request
-    def assign_request_id() -> None:
-        supplied = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = supplied if _REQUEST_ID_PATTERN.match(supplied) else uuid.uuid4().hex
-
-    @app.after_request
-    def echo_request_id(response: Response) -> Response:
-        request_id = getattr(g, "request_id", None)
-        if request_id:
-            response.headers[REQUEST_ID_HEADER] = request_id
-        return response
 
 
 def configure_logging(level: int = logging.INFO) -> None:

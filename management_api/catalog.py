@@ -3,34 +3,109 @@
 Many concurrent misses cause one upstream call (the others wait for its result). Every mutation
 made through this service (pull, create, copy, delete, also when passed through the proxy)
 invalidates it. When Ollama is down and a copy exists, the copy is served marked stale.
+
+Besides the cache, the catalog answers the other questions about installed models: which are
+loaded (`/api/ps`), and how to delete one properly (unload it first, since Ollama's delete leaves
+a running model in memory).
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from management_api import names
-from management_api.ollama import OllamaClient, OllamaError
+from management_api.ollama import OllamaClient, OllamaError, OllamaStatusError
+
+LOADED_READ_TIMEOUT_SECONDS = 5.0
+UNLOAD_TIMEOUT_SECONDS = 5.0
+UNLOAD_POLL_SECONDS = 0.1
+
+_PARAMETER_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMBT])\s*\Z", re.IGNORECASE)
+_SCALE = {"K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+
+
+def parameter_count(parameter_size: object) -> int | None:
+    """``"3.2B"`` → 3200000000; None for anything else (the display string stays as it is)."""
+    if not isinstance(parameter_size, str):
+        return None
+    match = _PARAMETER_SIZE.match(parameter_size)
+    if match is None:
+        return None
+    return round(float(match.group(1)) * _SCALE[match.group(2).upper()])
+
+
+def model_metadata(raw: dict[str, Any]) -> dict[str, Any]:
+    """One /api/tags (or /api/ps) entry, flattened: the legacy fields first, then the details."""
+    details = raw.get("details")
+    details = details if isinstance(details, dict) else {}
+    family = details.get("family")
+    families = details.get("families")
+    if not isinstance(families, list):
+        families = [family] if family else []
+    entry: dict[str, Any] = {
+        "name": raw.get("name") or raw.get("model"),
+        "model": raw.get("model") or raw.get("name"),
+        "size": raw.get("size"),
+        "modified_at": raw.get("modified_at"),
+        "digest": raw.get("digest"),
+        "format": details.get("format"),
+        "family": family,
+        "families": families,
+        "parameter_size": details.get("parameter_size"),
+        "parameter_count": parameter_count(details.get("parameter_size")),
+        "quantization": details.get("quantization_level"),
+    }
+    # Newer Ollama builds add these (all omitempty); pass them on when present.
+    for key in ("capabilities", "remote_model", "remote_host"):
+        if key in raw:
+            entry[key] = raw[key]
+    for key in ("context_length", "embedding_length"):
+        if key in details:
+            entry[key] = details[key]
+    return entry
+
+
+def _key_of(raw: dict[str, Any]) -> str | None:
+    name = raw.get("name") or raw.get("model")
+    if isinstance(name, str) and names.is_valid(name):
+        return names.normalize(name)
+    return None
 
 
 @dataclass(frozen=True)
 class CatalogView:
-    models: tuple[dict[str, Any], ...]
+    models: tuple[dict[str, Any], ...]  # /api/tags entries as Ollama sent them
     fetched_at: float  # clock() of the upstream answer
     cached: bool  # served from the cache rather than fetched for this call
     stale: bool  # Ollama failed; this is the last good copy
+    entries: tuple[dict[str, Any], ...] = ()  # `model_metadata` of each model, same order
+    age_seconds: float = 0.0  # how old the list was when it was served
 
     def keys(self) -> frozenset[str]:
-        out = set()
-        for model in self.models:
-            name = model.get("name") or model.get("model")
-            if isinstance(name, str) and names.is_valid(name):
-                out.add(names.normalize(name))
-        return frozenset(out)
+        return frozenset(key for key in map(_key_of, self.models) if key is not None)
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    model: str  # as the caller named it
+    deleted_name: str  # as Ollama lists it
+    freed_bytes: int
+    was_loaded: bool
+    unloaded: bool  # was loaded, and gone from /api/ps before the delete
+    unload_error: str | None = field(default=None)
+
+
+class ModelNotFound(Exception):
+    """The model is not installed."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        super().__init__(f"model '{model}' not found")
 
 
 class Catalog:
@@ -41,11 +116,13 @@ class Catalog:
         ttl_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         read_timeout: float = 5.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._ollama = ollama
         self._ttl = ttl_seconds
         self._clock = clock
         self._read_timeout = read_timeout
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._view: CatalogView | None = None
         self._keys: frozenset[str] = frozenset()
@@ -53,6 +130,10 @@ class Catalog:
         self._inflight: threading.Event | None = None
         self._inflight_error: OllamaError | None = None
         self._last_good: CatalogView | None = None
+
+    @property
+    def ttl_seconds(self) -> float:
+        return self._ttl
 
     def invalidate(self) -> None:
         with self._lock:
@@ -65,7 +146,7 @@ class Catalog:
             with self._lock:
                 view = self._view
                 if view is not None and self._clock() - view.fetched_at < self._ttl:
-                    return CatalogView(view.models, view.fetched_at, cached=True, stale=False)
+                    return self._served(view, stale=False)
                 waiter = self._inflight
                 if waiter is None:
                     self._inflight = threading.Event()
@@ -79,18 +160,27 @@ class Catalog:
                     fresh = self._view
                     error = self._inflight_error
                 if fresh is not None:
-                    return CatalogView(fresh.models, fresh.fetched_at, cached=True, stale=False)
+                    return self._served(fresh, stale=False)
                 if error is not None:
                     return self._stale_or_raise(error)
                 continue
             return self._fetch(generation)
+
+    def _served(self, view: CatalogView, *, stale: bool) -> CatalogView:
+        return replace(view, cached=True, stale=stale, age_seconds=self.age_seconds(view))
 
     def _fetch(self, generation: int) -> CatalogView:
         error: OllamaError | None = None
         view: CatalogView | None = None
         try:
             models = self._ollama.tags(read_timeout=self._read_timeout)
-            view = CatalogView(tuple(models), self._clock(), cached=False, stale=False)
+            view = CatalogView(
+                tuple(models),
+                self._clock(),
+                cached=False,
+                stale=False,
+                entries=tuple(model_metadata(m) for m in models),
+            )
         except OllamaError as exc:
             error = exc
         with self._lock:
@@ -113,7 +203,7 @@ class Catalog:
             last = self._last_good
         if last is None:
             raise error
-        return CatalogView(last.models, last.fetched_at, cached=True, stale=True)
+        return self._served(last, stale=True)
 
     def age_seconds(self, view: CatalogView) -> float:
         return max(0.0, self._clock() - view.fetched_at)
@@ -128,3 +218,102 @@ class Catalog:
             return None
         with self._lock:
             return model_key in self._keys
+
+    # --- loaded models
+
+    def loaded(self, *, read_timeout: float = LOADED_READ_TIMEOUT_SECONDS) -> list[dict[str, Any]]:
+        """Models in memory (`/api/ps`), with metadata; one bounded try (callers poll this)."""
+        payload = self._ollama.get_json("/api/ps", read_timeout=read_timeout, retry=False)
+        models = payload.get("models") if isinstance(payload, dict) else None
+        rows = []
+        for raw in models if isinstance(models, list) else []:
+            if not isinstance(raw, dict):
+                continue
+            row = model_metadata(raw)
+            row.pop("modified_at", None)
+            row.update(
+                size_vram=raw.get("size_vram"),
+                expires_at=raw.get("expires_at"),
+                context_length=raw.get("context_length", row.get("context_length")),
+            )
+            rows.append(row)
+        return rows
+
+    # --- delete
+
+    def delete(self, model: str, *, unload_timeout: float = UNLOAD_TIMEOUT_SECONDS) -> DeleteResult:
+        """Delete an installed model, unloading it first if it is running.
+
+        Raises ModelNotFound when it is not installed, OllamaError when Ollama fails. The cache
+        is invalidated whatever happens once Ollama was asked.
+        """
+        key = names.normalize(model)
+        installed = self._ollama.tags(read_timeout=self._read_timeout)
+        entry = next((m for m in installed if _key_of(m) == key), None)
+        if entry is None:
+            self.invalidate()  # the cached list may still show it
+            raise ModelNotFound(model)
+        name = str(entry.get("name") or entry.get("model"))
+        was_loaded, unloaded, unload_error = self._unload(key, unload_timeout)
+        try:
+            self._ollama.delete(name, read_timeout=self._read_timeout)
+        except OllamaStatusError as exc:
+            if exc.status == 404:
+                raise ModelNotFound(model) from None
+            raise
+        finally:
+            self.invalidate()
+        return DeleteResult(
+            model=model,
+            deleted_name=name,
+            freed_bytes=_freed_bytes(entry, installed),
+            was_loaded=was_loaded,
+            unloaded=unloaded,
+            unload_error=unload_error,
+        )
+
+    def _unload(self, key: str, timeout: float) -> tuple[bool, bool, str | None]:
+        """(was loaded, gone from /api/ps now, why not) for the model `key`."""
+        running = [m for m in self._ollama.ps(read_timeout=self._read_timeout) if _key_of(m) == key]
+        if not running:
+            return False, False, None
+        name = str(running[0].get("name") or running[0].get("model"))
+        try:
+            self._send_unload(name, timeout)
+        except OllamaError:
+            return True, False, "the unload request failed"
+        deadline = self._clock() + timeout
+        while True:
+            try:
+                still = any(_key_of(m) == key for m in self._ollama.ps(read_timeout=timeout))
+            except OllamaError:
+                return True, False, "Ollama did not answer /api/ps after the unload"
+            if not still:
+                return True, True, None
+            if self._clock() >= deadline:
+                # Busy: Ollama unloads it once its running requests finish.
+                return True, False, f"still loaded after {timeout:g} s (busy)"
+            self._sleep(UNLOAD_POLL_SECONDS)
+
+    def _send_unload(self, name: str, timeout: float) -> None:
+        # Ollama's unload form; embedding-only models reject /api/generate, so they get /api/embed.
+        try:
+            self._ollama.post_json(
+                "/api/generate", {"model": name, "keep_alive": 0}, read_timeout=timeout
+            )
+        except OllamaStatusError as exc:
+            if "does not support generate" not in exc.message:
+                raise
+            self._ollama.post_json(
+                "/api/embed", {"model": name, "input": [], "keep_alive": 0}, read_timeout=timeout
+            )
+
+
+def _freed_bytes(entry: dict[str, Any], installed: list[dict[str, Any]]) -> int:
+    """The model's size, or 0 when another name shares its manifest (a copy frees nothing)."""
+    size = entry.get("size")
+    digest = entry.get("digest")
+    shared = digest and any(m is not entry and m.get("digest") == digest for m in installed)
+    if shared or not isinstance(size, int):
+        return 0
+    return size

@@ -82,6 +82,8 @@ class ClientRequest:
     payload: Any = None  # the parsed JSON body, when the route already parsed it
     streamed_body: Iterable[bytes] | None = None  # sent instead of `body` (blob uploads)
     content_length: int | None = None
+    remote_addr: str | None = None
+    key_name: str | None = None  # the API key's name (never the key)
 
     @property
     def target(self) -> str:
@@ -391,7 +393,10 @@ class Gateway:
         duration = self._clock() - record.started
         intent = record.intent
         line: dict[str, Any] = {
+            "time": _utc_now(),
             "request_id": record.request.request_id,
+            "remote_addr": record.request.remote_addr,
+            "key": record.request.key_name,
             "method": record.request.method,
             "path": record.request.path,
             "model": intent.model if intent else None,

@@ -9,12 +9,12 @@ body) carry no ``model_key`` and pass through unadmitted, so their answer is Oll
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from management_api import names
+from management_api.bodies import loads_bounded
 
 NATIVE_INFERENCE = {
     "/api/generate": "generate",
@@ -57,7 +57,7 @@ def parse_body(body: bytes) -> Any:
     if not body:
         return None
     try:
-        return json.loads(body)
+        return loads_bounded(body)
     except (ValueError, UnicodeDecodeError):
         return None
 

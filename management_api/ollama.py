@@ -17,13 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.exceptions import HTTPError as Urllib3HTTPError
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 READ_ATTEMPTS = 3
@@ -53,6 +58,10 @@ class OllamaStatusError(OllamaError):
 
 class OllamaProtocolError(OllamaError):
     """Ollama answered 2xx with a body we could not understand."""
+
+
+class OllamaStreamBroken(OllamaError):
+    """The connection failed after the request was sent (reset, cut mid-stream, aborted)."""
 
 
 def _error_message(response: requests.Response) -> str:
@@ -235,5 +244,146 @@ class OllamaClient:
         """One POST, never retried (used for load/unload forms and other non-idempotent calls)."""
         return self._json(self._send("POST", path, json=body, read_timeout=read_timeout))
 
+    def pull_stream(self, model: str, *, idle_timeout: float) -> PullStream:
+        """A streaming ``POST /api/pull``, not yet sent: call ``open()``, then iterate.
+
+        Never retried here: a pull is retried as a job (pulls.py), which resumes where Ollama
+        stopped. ``idle_timeout`` bounds every wait for the next bytes.
+        """
+        parts = urlsplit(self.base_url)
+        cls = HTTPSConnection if parts.scheme == "https" else HTTPConnection
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        conn = cls(parts.hostname or "127.0.0.1", port, timeout=self.connect_timeout)
+        return PullStream(conn, model, idle_timeout=idle_timeout)
+
     def close(self) -> None:
         self._session.close()
+
+
+class PullStream:
+    """One ``POST /api/pull`` with ``stream: true``; iterating yields Ollama's progress objects.
+
+    Our own connection rather than the session's, so that `abort()` can shut the socket from
+    another thread at any stage (connecting, waiting for the head, mid-body): the blocked reader
+    wakes up and Ollama sees the FIN, which is how a pull job is cancelled. The socket's read
+    timeout is the idle limit between two reads; `set_idle_timeout` changes it between reads.
+    """
+
+    def __init__(self, conn: HTTPConnection, model: str, *, idle_timeout: float) -> None:
+        self._conn = conn
+        self._model = model
+        self._idle_timeout = idle_timeout
+        self._lock = threading.Lock()
+        self._aborted = False
+        self._response: Any = None
+
+    def open(self) -> None:
+        """Connect, send the request and read the response head.
+
+        Raises OllamaUnreachable (no connection), OllamaTimeout (no head within the idle
+        timeout), OllamaStatusError (Ollama refused the request, e.g. 400 invalid model name),
+        OllamaStreamBroken (aborted, or the connection failed after sending).
+        """
+        body = json.dumps({"model": self._model, "stream": True}).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/x-ndjson",
+            "User-Agent": "llm-service",
+        }
+        try:
+            self._conn.connect()
+        except (OSError, Urllib3HTTPError) as exc:
+            raise OllamaUnreachable("connection failed") from exc
+        with self._lock:
+            if self._aborted:
+                raise OllamaStreamBroken("aborted")
+        # From here on every read waits at most the idle timeout (urllib3 re-applies the
+        # connection's `timeout` to the socket in getresponse()).
+        self._conn.timeout = self._idle_timeout
+        try:
+            self._conn.request(
+                "POST", "/api/pull", body=body, headers=headers, preload_content=False
+            )
+            response = self._conn.getresponse()
+        except TimeoutError as exc:
+            raise OllamaTimeout("read timeout") from exc
+        except (OSError, Urllib3HTTPError) as exc:
+            raise OllamaStreamBroken("connection failed after sending") from exc
+        self._response = response
+        if response.status >= 400:
+            raise OllamaStatusError(response.status, self._error_text(response))
+
+    @staticmethod
+    def _error_text(response: Any) -> str:
+        try:
+            raw = response.read(64 * 1024, decode_content=True)
+        except (OSError, Urllib3HTTPError):
+            raw = b""
+        text = raw.decode("utf-8", "replace").strip()
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            return text[:500] or f"HTTP {response.status}"
+        if isinstance(payload, dict) and isinstance(payload.get("error"), str):
+            return payload["error"]
+        return text[:500]
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        if seconds == self._idle_timeout:
+            return
+        self._idle_timeout = seconds
+        self._conn.timeout = seconds
+        sock = self._conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.settimeout(seconds)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        response = self._response
+        if response is None:
+            raise OllamaStreamBroken("not open")
+        buffer = b""
+        try:
+            chunks = (
+                response.read_chunked(decode_content=True)
+                if response.chunked
+                else iter([response.read(decode_content=True)])
+            )
+            for chunk in chunks:
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield self._parse(line)
+        except TimeoutError as exc:
+            raise OllamaTimeout("read timeout") from exc
+        except urllib3.exceptions.ReadTimeoutError as exc:
+            raise OllamaTimeout("read timeout") from exc
+        except (OSError, Urllib3HTTPError, ValueError) as exc:
+            # ValueError: urllib3 reading a chunk size from a socket that was shut down.
+            raise OllamaStreamBroken("the stream was cut") from exc
+        if buffer.strip():
+            yield self._parse(buffer)
+
+    @staticmethod
+    def _parse(line: bytes) -> dict[str, Any]:
+        try:
+            payload = json.loads(line)
+        except ValueError as exc:
+            raise OllamaProtocolError("a pull progress line is not JSON") from exc
+        if not isinstance(payload, dict):
+            raise OllamaProtocolError("a pull progress line is not a JSON object")
+        return payload
+
+    def abort(self) -> None:
+        """Shut the connection from any thread; a blocked read returns at once."""
+        with self._lock:
+            self._aborted = True
+            sock = self._conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()

@@ -22,6 +22,7 @@ from management_api.limiter import Limiter
 from management_api.limits_config import LimitsReloader
 from management_api.metrics import Metrics, StateCollector
 from management_api.ollama import OllamaClient
+from management_api.pulls import PullManager
 from management_api.settings import Settings
 from management_api.telemetry import Sampler, create_sampler
 
@@ -41,6 +42,7 @@ class Services:
     probe: OllamaProbe
     health: HealthChecker
     healer: Healer
+    pulls: PullManager
     started_at: float = field(default_factory=time.time)
     _stoppers: list[Callable[[], None]] = field(default_factory=list)
     _starters: list[Callable[[], None]] = field(default_factory=list)
@@ -99,11 +101,20 @@ class Services:
             supervisor_socket=getattr(settings, "supervisor_socket", None),
         )
         gateway.unload_all = healer.unload_for_proxy
+        pulls = PullManager(
+            ollama,
+            catalog,
+            retries=settings.pull_retries,
+            stall_seconds=settings.pull_stall_seconds,
+            models_dir=settings.models_dir,
+            min_free_bytes=round(settings.pull_min_free_gb * 1_000_000_000),
+        )
         metrics.registry.register(
             StateCollector(
                 limiter_snapshot=limiter.snapshot,
                 telemetry=sampler.latest,
                 ollama_up=lambda: probe.run().reachable,
+                pulls=pulls.counts,
             )
         )
         services = cls(
@@ -118,10 +129,12 @@ class Services:
             probe=probe,
             health=health,
             healer=healer,
+            pulls=pulls,
             started_at=started_at,
         )
         services.on_start(reloader.start, reloader.stop)
         services.on_start(sampler.start, sampler.stop)
+        services.on_start(pulls.start, pulls.stop)
         # Further services (pull jobs, healing, metrics) register here, in dependency order.
         return services
 

@@ -36,6 +36,8 @@ def forward_current_request(flavor: str) -> Response:
             streamed_body = _stream_upload()
     else:
         body = request.get_data(cache=False)  # MAX_CONTENT_LENGTH applies: 413 past the cap
+    g.proxied = True  # the gateway writes this request's access-log line
+    key = getattr(g, "key", None)
     client_request = ClientRequest(
         method=request.method,
         path=request.path,
@@ -47,6 +49,8 @@ def forward_current_request(flavor: str) -> Response:
         watch=ClientWatch.from_environ(request.environ),
         request_id=g.request_id,
         flavor=flavor,
+        remote_addr=request.remote_addr,
+        key_name=key.name if key else None,
     )
     try:
         forwarded = services.gateway.forward(client_request)

@@ -10,6 +10,7 @@ from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from management_api import errors, names
+from management_api.bodies import json_object
 from management_api.healing import (
     ModelNotInstalled,
     ResetInProgress,
@@ -26,13 +27,7 @@ GPU_RECOVER_DEADLINE_SECONDS = 9.0
 
 def _optional_json() -> dict:
     """Callers post with no body (or `Content-Type: application/json` and no body)."""
-    raw = request.get_data(cache=True)
-    if not raw.strip():
-        return {}
-    payload = request.get_json(force=True, silent=True)
-    if not isinstance(payload, dict):
-        raise errors.BadRequest("the body must be a JSON object (or empty)", status="error")
-    return payload
+    return json_object(request.get_data(cache=True), required=False, status="error")
 
 
 def _unload_failed(result: UnloadResult) -> errors.ApiError:

@@ -18,6 +18,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from management_api import __version__, errors, names
+from management_api.bodies import loads_bounded
 from management_api.gateway import ClientRequest, ForwardedResponse
 from management_api.ollama import OllamaError
 from management_api.proxy import ClientGone, ClientWatch
@@ -34,7 +35,10 @@ def _validation_error(message: str, field: str) -> errors.ApiError:
 
 
 def _parse(model: str) -> tuple[str, dict[str, Any], float | None]:
-    payload = request.get_json(force=True, silent=True)
+    try:
+        payload = loads_bounded(request.get_data(cache=True))
+    except (ValueError, UnicodeDecodeError):
+        payload = None
     if not isinstance(payload, dict):
         raise _validation_error("the body must be a JSON object", "body")
     prompt = payload.get("prompt")
@@ -79,6 +83,8 @@ def _require_installed(model: str) -> None:
 
 def _client_request(body: dict[str, Any]) -> ClientRequest:
     raw = json.dumps(body).encode()
+    g.proxied = True  # the gateway writes this request's access-log line
+    key = getattr(g, "key", None)
     return ClientRequest(
         method="POST",
         path="/api/generate",
@@ -89,6 +95,8 @@ def _client_request(body: dict[str, Any]) -> ClientRequest:
         watch=ClientWatch.from_environ(request.environ),
         request_id=g.request_id,
         flavor=errors.HERMES,
+        remote_addr=request.remote_addr,
+        key_name=key.name if key else None,
     )
 
 

@@ -76,6 +76,7 @@ def test_metrics_parse_and_carry_limiter_and_telemetry_series(service):
         "llm_service_ollama_up",
         "llm_service_cpu_percent",
         "llm_service_generated_tokens",
+        "llm_service_pull_jobs",
     ):
         assert name in families, name
     up = families["llm_service_ollama_up"].samples[0].value

@@ -1,0 +1,204 @@
+"""Optional API keys with roles (no Flask; the app calls `KeyRing.authorize` per request).
+
+Keys come from ``LLM_API_KEYS`` (``name:key:role[:max_concurrency]`` entries separated by
+commas) and/or ``LLM_API_KEYS_FILE`` (one entry per line, ``#`` comments). Roles:
+
+* ``admin`` — everything, including management mutations;
+* ``user`` — inference and read-only routes.
+
+``LLM_AUTH_MODE``: ``off`` (default: existing callers keep working), ``management`` (only
+mutating routes need an admin key), ``all`` (every route needs a key; mutations an admin key).
+Health probes never need a key: Docker's health check and the self-healing engine carry none.
+
+Keys are stored as SHA-256 digests and compared with `hmac.compare_digest` against every
+configured key, so neither the match nor its position leaks through timing. The key itself is
+never logged or forwarded (the proxy drops ``Authorization`` and ``X-API-Key``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from management_api.settings import SettingsError
+
+ADMIN, USER = "admin", "user"
+ROLES = (ADMIN, USER)
+OFF, MANAGEMENT, ALL = "off", "management", "all"
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+MIN_KEY_LENGTH = 16
+
+# Routes that change what is installed or loaded, or the service's own configuration.
+_MUTATION_EXACT = {
+    ("POST", "/api/models/pull"),
+    ("DELETE", "/api/models/delete"),
+    ("POST", "/api/cache/clear"),
+    ("POST", "/api/gpu/recover"),
+    ("POST", "/api/session/reset"),
+    ("POST", "/api/limits/reload"),
+    # Ollama's own mutations, reachable through the pass-through.
+    ("POST", "/api/pull"),
+    ("POST", "/api/push"),
+    ("POST", "/api/create"),
+    ("POST", "/api/copy"),
+    ("DELETE", "/api/delete"),
+}
+_MUTATION_PREFIXES = (("DELETE", "/api/models/pulls/"), ("POST", "/api/blobs/"))
+PUBLIC_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
+
+
+def is_mutation(method: str, path: str) -> bool:
+    if (method, path) in _MUTATION_EXACT:
+        return True
+    return any(method == m and path.startswith(p) for m, p in _MUTATION_PREFIXES)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    role: str
+    max_concurrency: int | None
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of `KeyRing.authorize`: allowed (with the key, if any) or refused."""
+
+    allowed: bool
+    key: ApiKey | None = None
+    status: int = 200  # 401 no/invalid key, 403 role not allowed
+    message: str = ""
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def parse_entries(entries: Iterable[str], source: str) -> list[ApiKey]:
+    keys: list[ApiKey] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(entries, start=1):
+        entry = raw.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        parts = entry.split(":")
+        where = f"{source} entry {index}"
+        if len(parts) not in (3, 4):
+            raise SettingsError(f"{where} is invalid: expected name:key:role[:max_concurrency]")
+        name, secret, role = parts[0].strip(), parts[1].strip(), parts[2].strip().lower()
+        if not _NAME.match(name):
+            raise SettingsError(f"{where} is invalid: the name must be 1-64 of A-Z a-z 0-9 _ . -")
+        if len(secret) < MIN_KEY_LENGTH:
+            raise SettingsError(
+                f"{where} ({name}) is invalid: keys must be at least {MIN_KEY_LENGTH} characters"
+            )
+        if role not in ROLES:
+            raise SettingsError(f"{where} ({name}) is invalid: the role must be admin or user")
+        limit = None
+        if len(parts) == 4:
+            try:
+                limit = int(parts[3])
+            except ValueError:
+                limit = 0
+            if limit < 1:
+                raise SettingsError(
+                    f"{where} ({name}) is invalid: max_concurrency must be a whole number >= 1"
+                )
+        if name in seen:
+            raise SettingsError(f"{where} is invalid: the name {name!r} is used twice")
+        seen.add(name)
+        keys.append(ApiKey(name, role, limit, _digest(secret)))
+    return keys
+
+
+def load_keys(inline: Iterable[str], file: Path | None) -> list[ApiKey]:
+    keys = parse_entries(inline, "LLM_API_KEYS")
+    if file is not None:
+        try:
+            lines = file.read_text().splitlines()
+        except OSError:
+            raise SettingsError(f"LLM_API_KEYS_FILE={str(file)!r}: file not readable") from None
+        keys += parse_entries(lines, "LLM_API_KEYS_FILE")
+    names_seen = [k.name for k in keys]
+    duplicates = sorted({n for n in names_seen if names_seen.count(n) > 1})
+    if duplicates:
+        raise SettingsError(f"API key names used twice: {', '.join(duplicates)}")
+    return keys
+
+
+def presented_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    if x_api_key:
+        return x_api_key.strip()
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return None
+
+
+class KeyRing:
+    def __init__(self, mode: str, keys: list[ApiKey]) -> None:
+        if mode != OFF and not keys:
+            raise SettingsError(
+                f"LLM_AUTH_MODE={mode!r} needs at least one key in LLM_API_KEYS or "
+                "LLM_API_KEYS_FILE"
+            )
+        self.mode = mode
+        self.keys = keys
+        self._in_flight: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def identify(self, secret: str | None) -> ApiKey | None:
+        if not secret:
+            return None
+        candidate = _digest(secret)
+        found = None
+        for key in self.keys:  # no early exit: every key costs the same
+            if hmac.compare_digest(candidate, key.digest):
+                found = key
+        return found
+
+    def authorize(self, method: str, path: str, secret: str | None) -> Decision:
+        key = self.identify(secret)
+        if method == "OPTIONS" or path in PUBLIC_PATHS or self.mode == OFF:
+            return Decision(True, key)
+        mutation = is_mutation(method, path)
+        if self.mode == MANAGEMENT and not mutation:
+            return Decision(True, key)
+        if key is None:
+            message = "an API key is required" if not secret else "the API key is not valid"
+            return Decision(False, None, 401, message)
+        if mutation and key.role != ADMIN:
+            return Decision(False, key, 403, f"the key '{key.name}' may not change models or "
+                                              "settings (admin role required)")  # fmt: skip
+        return Decision(True, key)
+
+    # --- optional per-key concurrency cap
+
+    def try_acquire(self, key: ApiKey) -> bool:
+        if key.max_concurrency is None:
+            return True
+        with self._lock:
+            current = self._in_flight.get(key.name, 0)
+            if current >= key.max_concurrency:
+                return False
+            self._in_flight[key.name] = current + 1
+            return True
+
+    def release(self, key: ApiKey) -> None:
+        if key.max_concurrency is None:
+            return
+        with self._lock:
+            current = self._in_flight.get(key.name, 0)
+            self._in_flight[key.name] = max(0, current - 1)
+
+    def in_flight(self, name: str) -> int:
+        with self._lock:
+            return self._in_flight.get(name, 0)
