@@ -16,13 +16,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The container's process tree here: entrypoint.sh -> supervisord (supervisord.conf), state
+# under .run/, the Ollama emulator standing in when no `ollama` is on PATH. Ctrl-C stops all.
 run: venv
 	PY=$(PY) scripts/run-dev.sh
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/shellcheck scripts/*.sh .ci/run healthcheck.sh
+	$(VENV)/bin/shellcheck scripts/*.sh .ci/run healthcheck.sh entrypoint.sh scripts/ollama-shim/ollama
+	$(VENV)/bin/hadolint Dockerfile
 
 format: venv
 	$(VENV)/bin/ruff format .
@@ -35,4 +38,4 @@ bench: venv
 	$(PY) -m bench.proxy_bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .run

@@ -98,7 +98,7 @@ class Services:
             sampler=sampler,
             default_model=settings.default_model,
             keep_alive_seconds=settings.keep_alive_seconds,
-            supervisor_socket=getattr(settings, "supervisor_socket", None),
+            supervisor_socket=settings.supervisor_socket,
         )
         gateway.unload_all = healer.unload_for_proxy
         pulls = PullManager(

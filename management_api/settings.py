@@ -264,6 +264,9 @@ SETTINGS: tuple[Setting, ...] = (
             "largest accepted request body, MB"),
     Setting("import_dir", "LLM_IMPORT_DIR", None, path_value,
             "folder whose *.gguf files are imported as models at start"),
+    Setting("supervisor_socket", "LLM_SUPERVISOR_SOCKET", "/run/llm-service/supervisor.sock",
+            path_value, "supervisord's control socket; the hard session reset restarts Ollama "
+            "through it"),
 )  # fmt: skip
 
 
@@ -299,6 +302,7 @@ class Settings:
     cors_origins: tuple[str, ...]
     max_body_mb: int
     import_dir: Path | None
+    supervisor_socket: Path
     config_file: Path | None = field(default=None)
 
     @classmethod

@@ -1,53 +1,38 @@
 #!/usr/bin/env bash
-# `make run`: Ollama (or, when no `ollama` binary is on PATH, the bundled emulator) plus the API
-# under gunicorn, in the foreground. Ctrl-C stops both. The container uses supervisord instead.
+# `make run`: the container's process tree on this machine, in the foreground. entrypoint.sh
+# validates and maps the environment, then becomes supervisord with the real supervisord.conf
+# (Ollama, the API, the listeners). Logs, pid file and control socket live under .run/.
+# With no `ollama` binary on PATH, scripts/ollama-shim goes first on supervisord's PATH, so
+# `ollama serve` starts the bundled emulator instead (announced loudly).
+# Ctrl-C reaches supervisord (this script execs into it), which stops every program it started.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
-PY="${PY:-.venv/bin/python}"
-OLLAMA_URL="${OLLAMA_URL:-http://127.0.0.1:11433}"
-export OLLAMA_URL
-
-hostport="${OLLAMA_URL#*://}"
-hostport="${hostport%%/*}"
-ollama_host="${hostport%:*}"
-ollama_port="${hostport##*:}"
-if [[ "$ollama_host" == "$hostport" ]]; then
-    ollama_port=80
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${PY:-.venv/bin/python}"
+if [[ "$python" == */* && "$python" != /* ]]; then
+    python="$root/$python"
 fi
 
-pids=()
-# shellcheck disable=SC2329  # invoked by the trap below
-stop_all() {
-    trap - INT TERM EXIT
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    wait || true
-}
-trap stop_all INT TERM EXIT
+run_dir="${LLM_RUN_DIR:-$root/.run}"
+mkdir -p "$run_dir"
+# Keeps .run/ out of git without touching .gitignore (pytest does the same for its cache).
+[[ -e "$run_dir/.gitignore" ]] || printf '# created by scripts/run-dev.sh\n*\n' >"$run_dir/.gitignore"
 
-if command -v ollama >/dev/null 2>&1; then
-    echo "run-dev: starting ollama serve on ${ollama_host}:${ollama_port}" >&2
-    OLLAMA_HOST="${ollama_host}:${ollama_port}" ollama serve &
-    pids+=("$!")
-else
+export LLM_RUN_DIR="$run_dir"
+export LLM_LOG_DIR="${LLM_LOG_DIR:-$run_dir/logs}"
+export LLM_SUPERVISOR_SOCKET="${LLM_SUPERVISOR_SOCKET:-$run_dir/supervisor.sock}"
+export LLM_PYTHON="${LLM_PYTHON:-$python}"
+export PYTHONUNBUFFERED=1
+
+if ! command -v ollama >/dev/null 2>&1; then
     cat >&2 <<BANNER
-run-dev: ################################################################
-run-dev: ##  no 'ollama' binary on PATH: starting the Ollama EMULATOR    ##
-run-dev: ##  (tests/fake_ollama) on ${ollama_host}:${ollama_port} - answers are fake ##
-run-dev: ################################################################
+run-dev: #####################################################################
+run-dev: ##  no 'ollama' binary on PATH: supervisord's 'ollama serve' runs the  ##
+run-dev: ##  Ollama EMULATOR (tests/fake_ollama) - every answer is fake.        ##
+run-dev: #####################################################################
 BANNER
-    "$PY" -m tests.fake_ollama --host "$ollama_host" --port "$ollama_port" &
-    pids+=("$!")
+    export PATH="$root/scripts/ollama-shim:$PATH"
 fi
 
-"$PY" -m gunicorn -c config/gunicorn.conf.py management_api.wsgi:app &
-pids+=("$!")
-
-# Whichever exits first (crash or Ctrl-C) takes the other down with it.
-set +e
-wait -n "${pids[@]}"
-status=$?
-set -e
-exit "$status"
+echo "run-dev: logs in $LLM_LOG_DIR; programs: LLM_SUPERVISOR_SOCKET=$LLM_SUPERVISOR_SOCKET .venv/bin/supervisorctl -c supervisord.conf status" >&2
+exec "$root/entrypoint.sh"

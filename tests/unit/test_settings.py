@@ -20,6 +20,7 @@ def test_defaults():
     assert s.limits_file == PROJECT_ROOT / "config" / "limits.toml"
     assert s.log_dir == PROJECT_ROOT / "logs"
     assert s.ollama_log_file == PROJECT_ROOT / "logs" / "ollama.log"
+    assert s.supervisor_socket == Path("/run/llm-service/supervisor.sock")
     assert s.management_url == "http://127.0.0.1:11436"
     assert s.auth_mode == "off"
     assert s.api_keys == () and s.cors_origins == ()
@@ -60,6 +61,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
         "LLM_CORS_ORIGINS": "http://localhost:3001,http://dashboard:3001",
         "LLM_MAX_BODY_MB": "8",
         "LLM_IMPORT_DIR": str(tmp_path / "gguf"),
+        "LLM_SUPERVISOR_SOCKET": str(tmp_path / "supervisor.sock"),
     }
     assert set(env) == {s.variable for s in SETTINGS}, "test must cover every declared setting"
     s = Settings.load(env)
@@ -84,6 +86,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
     assert s.api_keys_file == tmp_path / "keys"
     assert s.cors_origins == ("http://localhost:3001", "http://dashboard:3001")
     assert s.max_body_mb == 8 and s.import_dir == tmp_path / "gguf"
+    assert s.supervisor_socket == tmp_path / "supervisor.sock"
 
 
 def test_models_dir_follows_ollama_models():
