@@ -56,10 +56,16 @@ def forward_current_request(flavor: str) -> Response:
         forwarded = services.gateway.forward(client_request)
     except ClientGone:
         return Response(b"", status=CLIENT_CLOSED_STATUS)
-    response = Response(
-        forwarded.body, status=forwarded.status, headers=forwarded.headers,
-        direct_passthrough=True,
-    )  # fmt: skip
+    try:
+        response = Response(
+            forwarded.body, status=forwarded.status, headers=forwarded.headers,
+            direct_passthrough=True,
+        )  # fmt: skip
+    except BaseException:
+        close = getattr(forwarded.body, "close", None)
+        if close is not None:
+            close()  # the slot goes with the body: never leave it held
+        raise
     if not forwarded.has_content_type:
         response.headers.pop("Content-Type", None)
     return response

@@ -179,40 +179,54 @@ def _stream(admission: Any, model: str, timeout: float | None, started: float) -
             return _open(admission, timeout)
 
     future = gateway.submit(open_upstream)
-
-    def events() -> Iterator[bytes]:
-        forwarded: ForwardedResponse | None = None
-        try:
-            while True:
-                try:
-                    forwarded = future.result(timeout=HEARTBEAT_SECONDS)
-                    break
-                except FutureTimeout:
-                    yield b": waiting for the model\n\n"  # a write, so a gone client shows up
-            if forwarded.status >= 400:
-                raw = b"".join(forwarded.body)
-                err = _upstream_error(forwarded.status, raw, model)
-                yield _event(errors.error_body(err, errors.HERMES))
-                return
-            yield from _translate(forwarded, model, started, admission.queue_wait)
-        except ClientGone:
-            return
-        except errors.ApiError as err:
-            yield _event(errors.error_body(err, errors.HERMES))
-        finally:
-            if forwarded is not None:
-                forwarded.body.close()  # type: ignore[attr-defined]
-            elif not future.done():
-                # The client left while upstream was still loading: the watch in open() sees it
-                # too; whatever open() returns later must still give its slot back.
-                future.add_done_callback(_close_when_done)
-
     return Response(
-        events(),
+        _HermesEvents(future, model, started, admission.queue_wait),
         mimetype="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
                  "X-Queue-Wait-Ms": f"{admission.queue_wait * 1000:.1f}"},
     )  # fmt: skip
+
+
+class _HermesEvents:
+    """The SSE body. ``close()`` always gives the upstream exchange (and with it the slot) back,
+    also when the client left before the body was ever iterated."""
+
+    def __init__(self, future: Any, model: str, started: float, queue_wait: float) -> None:
+        self._future = future
+        self._model = model
+        self._started = started
+        self._queue_wait = queue_wait
+        self._forwarded: ForwardedResponse | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        # Admitted: send the headers now, so the client knows it is not queued any more.
+        yield b": admitted\n\n"
+        try:
+            while True:
+                try:
+                    self._forwarded = self._future.result(timeout=HEARTBEAT_SECONDS)
+                    break
+                except FutureTimeout:
+                    yield b": waiting for the model\n\n"  # a write, so a gone client shows up
+            forwarded = self._forwarded
+            if forwarded.status >= 400:
+                raw = b"".join(forwarded.body)
+                err = _upstream_error(forwarded.status, raw, self._model)
+                yield _event(errors.error_body(err, errors.HERMES))
+                return
+            yield from _translate(forwarded, self._model, self._started, self._queue_wait)
+        except ClientGone:
+            return
+        except errors.ApiError as err:
+            yield _event(errors.error_body(err, errors.HERMES))
+
+    def close(self) -> None:
+        if self._forwarded is not None:
+            self._forwarded.body.close()  # type: ignore[attr-defined]
+        else:
+            # Upstream may still be loading: whatever open() returns later is closed then
+            # (a done future runs the callback at once).
+            self._future.add_done_callback(_close_when_done)
 
 
 def _close_when_done(future: Any) -> None:

@@ -98,3 +98,17 @@ def test_status_reports_ollama_and_models(service):
     body = response.json()
     assert body["status"] == "healthy" and body["checks"]["ollama"] == "ok"
     assert MODEL in body["models"]
+
+
+def test_stream_client_leaving_during_load_frees_the_slot(service, emulator):
+    from tests.integration.test_proxy import RawClient, wait_upstream_closed
+
+    emulator.fault("stall_first_byte", route="/api/generate", seconds=8)
+    client = RawClient(service.management, f"/v1/llm/{MODEL}/stream", {"prompt": "x"}, "h-gone")
+    service.wait_for(lambda: service.model_counters(MODEL)["in_flight"] == 1)
+    head = client.read_some()
+    assert head.startswith(b"HTTP/1.1 200")  # admitted: 200 + SSE headers, then heartbeats
+    closed_at = client.close()
+    conn = wait_upstream_closed(service, emulator, "h-gone")
+    assert conn["closed_at"] - closed_at < 1.0
+    service.wait_for(lambda: service.model_counters(MODEL)["in_flight"] == 0, timeout=3)
