@@ -10,6 +10,7 @@ from management_api import access, errors
 from management_api.auth import KeyRing, load_keys
 from management_api.cors import CorsPolicy
 from management_api.routes import (
+    docs,
     healing,
     health,
     hermes_api,
@@ -28,7 +29,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     settings = settings or Settings.load()
     services = services or Services.build(settings)
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)  # no static files: no /static route
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_mb * 1024 * 1024
     app.json.sort_keys = False  # keep documented field order
     app.extensions["llm_service"] = services
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(healing.bp)
     app.register_blueprint(stats.bp)
     app.register_blueprint(hermes_api.bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(ollama_api.bp)
     return app

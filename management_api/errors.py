@@ -125,6 +125,10 @@ _OPENAI_TYPES = {
 
 _HERMES_TYPES = {
     400: "validation_error",
+    # Hermes has no types for these; ours say what happened rather than "internal_error".
+    401: "unauthorized",
+    403: "forbidden",
+    413: "validation_error",
     404: "model_not_found",
     408: "timeout",
     429: "concurrency_limit",

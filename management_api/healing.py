@@ -25,7 +25,12 @@ from typing import Any
 from management_api import names
 from management_api.gateway import Gateway
 from management_api.limiter import Limiter
-from management_api.ollama import OllamaClient, OllamaError, OllamaStatusError
+from management_api.ollama import (
+    OllamaClient,
+    OllamaError,
+    OllamaStatusError,
+    OllamaUnreachable,
+)
 from management_api.telemetry import Sampler
 
 log = logging.getLogger(__name__)
@@ -259,7 +264,7 @@ class Healer:
             self.restart_ollama()
         result = self.unload_all(deadline=8.0, reason="a session reset")
         if result.error:
-            raise OllamaError(result.error)
+            raise OllamaUnreachable(result.error)
         if not model:
             return {"result": result, "model": None, "load_duration_ms": None}
         installed = {self._key(m.get("name", "")) for m in self.ollama.tags(read_timeout=5)}
@@ -299,4 +304,4 @@ class Healer:
                 return
             except OllamaError:
                 time.sleep(0.25)
-        raise OllamaError("Ollama did not come back after the restart")
+        raise OllamaUnreachable("Ollama did not come back after the restart")

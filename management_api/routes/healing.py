@@ -17,7 +17,12 @@ from management_api.healing import (
     SupervisorUnavailable,
     UnloadResult,
 )
-from management_api.ollama import OllamaError
+from management_api.ollama import (
+    OllamaError,
+    OllamaStatusError,
+    OllamaTimeout,
+    OllamaUnreachable,
+)
 
 bp = Blueprint("healing", __name__)
 
@@ -110,10 +115,18 @@ def session_reset() -> ResponseReturnValue:
             status="error",
             model=exc.model,
         ) from None
-    except OllamaError:
+    except (OllamaUnreachable, OllamaTimeout):
         raise errors.ServiceUnavailable(
             "Ollama is not reachable", status="error", headers={"Retry-After": "5"}
         ) from None
+    except OllamaStatusError as exc:
+        raise errors.UpstreamError(
+            f"Ollama could not load the model: {exc.message}", status="error"
+        ) from None
+    except OllamaError as exc:
+        # Ollama answered, but the reset did not take (e.g. the model never appeared loaded).
+        message = str(exc) if str(exc) else "the session reset did not complete"
+        raise errors.UpstreamError(message, status="error") from None
     result: UnloadResult = outcome["result"]
     loaded = outcome["model"]
     message = f"Session reset, reloaded {loaded}" if loaded else "Session reset (no default model)"

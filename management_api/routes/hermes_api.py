@@ -28,6 +28,7 @@ bp = Blueprint("hermes_api", __name__)
 STREAM_SUFFIX = "/stream"
 HEARTBEAT_SECONDS = 5.0
 MAX_TIMEOUT_MS = 3_600_000
+STATUS_RETRY_AFTER_SECONDS = "5"
 
 
 def _validation_error(message: str, field: str) -> errors.ApiError:
@@ -107,6 +108,10 @@ def _upstream_error(status: int, raw: bytes, model: str) -> errors.ApiError:
         message = f"Ollama answered {status}"
     if status == 404:
         return errors.NotFound(str(message), type="model_not_found", model=model)
+    if status == 400:
+        # Ollama refused the request itself (a model that cannot generate, bad options): the
+        # caller's mistake, not a failure of the gateway.
+        return errors.BadRequest(str(message), type="validation_error", upstream_status=status)
     return errors.UpstreamError(str(message), upstream_status=status)
 
 
@@ -314,4 +319,6 @@ def status() -> ResponseReturnValue:
         "models": models,
         "concurrency": limiter.get("models", []),
     }
-    return jsonify(body), 200 if healthy else 503
+    if healthy:
+        return jsonify(body)
+    return jsonify(body), 503, {"Retry-After": STATUS_RETRY_AFTER_SECONDS}
