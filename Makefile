@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint format bench clean
+.PHONY: venv run test lint format bench soak chaos clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,15 @@ test: lint
 
 bench: venv
 	$(PY) -m bench.proxy_bench
+
+# Reliability evidence (README "Reliability"); too long for `make test`, which runs a smoke of
+# each (tests/reliability). Summaries, CSV and plot go to bench/results/. Extra flags:
+# e.g. `make soak SOAK_ARGS="--minutes 5"`.
+soak: venv
+	$(PY) -m bench.reliability.soak $(SOAK_ARGS)
+
+chaos: venv
+	$(PY) -m bench.reliability.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .run
