@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
@@ -38,7 +38,6 @@ from management_api.inference import (
     parse_body,
 )
 from management_api.limiter import AdmissionCancelled, AdmissionRejected, Limiter, Slot
-from management_api.ollama import OllamaClient, OllamaError
 from management_api.proxy import (
     ClientGone,
     ClientWatch,
@@ -156,7 +155,6 @@ class Gateway:
         ollama_url: str,
         limiter: Limiter,
         catalog: Catalog,
-        ollama: OllamaClient,
         pool_size: int,
         connect_timeout: float,
         grace_seconds: float,
@@ -165,7 +163,6 @@ class Gateway:
     ) -> None:
         self.limiter = limiter
         self.catalog = catalog
-        self.ollama = ollama
         self.pool = ConnectionPool(ollama_url, maxsize=pool_size, connect_timeout=connect_timeout)
         self.grace_seconds = grace_seconds
         self.observer = observer
@@ -175,10 +172,9 @@ class Gateway:
         )
         self._active: set[Admission] = set()  # requests talking to Ollama right now
         self._active_lock = threading.Lock()
-        # Replaced by the healer's single-flight unload-all when the app is wired.
-        self.unload_all: Callable[[float], tuple[list[str], list[dict[str, str]]]] = (
-            lambda deadline: unload_all_models(self.ollama, deadline=deadline)
-        )
+        # The healer's single-flight unload-all (it needs this gateway, so it is set after
+        # construction, in Services.build).
+        self.unload_all: Callable[[float], tuple[list[str], list[dict[str, str]]]] | None = None
 
     def cancel_model(self, model_key: str, reason: str) -> int:
         """End every in-flight request for a model; each client gets `reason` as a terminal
@@ -372,6 +368,8 @@ class Gateway:
 
     def _unload_all(self, record: Admission, intent: InferenceRequest) -> ForwardedResponse:
         """Unload every loaded model; bounded so the self-healing agent's 5 s timeout holds."""
+        if self.unload_all is None:
+            raise errors.ServiceUnavailable("unloading is not available yet")
         unloaded, failed = self.unload_all(UNLOAD_ALL_DEADLINE_SECONDS)
         body: dict[str, Any] = {"model": "", "created_at": _utc_now()}
         if intent.kind == "chat":
@@ -418,45 +416,3 @@ class Gateway:
                 self.observer.on_request_done(line)
             except Exception:
                 log.exception("request observer failed")
-
-
-def unload_all_models(
-    ollama: OllamaClient, *, deadline: float
-) -> tuple[list[str], list[dict[str, str]]]:
-    """Send Ollama's unload form for every loaded model, in parallel, within `deadline` seconds."""
-    started = time.monotonic()
-    try:
-        loaded = ollama.ps(read_timeout=min(2.0, deadline))
-    except OllamaError:
-        return [], [{"model": "*", "error": "Ollama is not reachable"}]
-    names_loaded = [m.get("name") or m.get("model") for m in loaded]
-    targets = [n for n in names_loaded if isinstance(n, str) and n]
-    if not targets:
-        return [], []
-
-    def unload(name: str) -> str:
-        remaining = max(0.5, deadline - (time.monotonic() - started))
-        # Embedding-only models reject /api/generate; /api/embed has the same unload form.
-        try:
-            ollama.post_json(
-                "/api/generate", {"model": name, "keep_alive": 0}, read_timeout=remaining
-            )
-        except OllamaError as exc:
-            if "does not support generate" not in str(getattr(exc, "message", "")):
-                raise
-            ollama.post_json(
-                "/api/embed", {"model": name, "input": [], "keep_alive": 0}, read_timeout=remaining
-            )
-        return name
-
-    unloaded: list[str] = []
-    failed: list[dict[str, str]] = []
-    with ThreadPoolExecutor(max_workers=min(8, len(targets))) as pool:
-        futures = {pool.submit(unload, name): name for name in targets}
-        for future in as_completed(futures):
-            name = futures[future]
-            try:
-                unloaded.append(future.result())
-            except OllamaError:
-                failed.append({"model": name, "error": "unload failed"})
-    return sorted(unloaded), failed

@@ -71,7 +71,6 @@ class Services:
             ollama_url=settings.ollama_url,
             limiter=limiter,
             catalog=catalog,
-            ollama=ollama,
             pool_size=settings.worker_threads,
             connect_timeout=settings.upstream_connect_timeout,
             grace_seconds=settings.upstream_grace_seconds,
