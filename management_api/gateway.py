@@ -330,16 +330,17 @@ class Gateway:
             on_close=on_close,
             cancel_reason=lambda: record.cancelled,
         )
-        out_headers = forwardable_response_headers(response.headers.items())
-        if not response.chunked and "content-length" in response.headers:
-            out_headers.append(("Content-Length", response.headers["content-length"]))
+        out_headers = forwardable_response_headers(response.headers)
+        content_length = response.header("content-length")
+        if not response.chunked and content_length is not None:
+            out_headers.append(("Content-Length", content_length))
         if record.slot is not None or (record.intent and record.intent.needs_admission):
             out_headers.append((QUEUE_WAIT_HEADER, f"{record.queue_wait * 1000:.1f}"))
         return ForwardedResponse(
             status=response.status,
             headers=out_headers,
             body=body,
-            has_content_type="content-type" in response.headers,
+            has_content_type=response.header("content-type") is not None,
         )
 
     def _translate_failure(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -129,6 +130,13 @@ def is_valid(name: object) -> bool:
 
 def normalize(name: str) -> str:
     """Canonical key for a model name (raises InvalidModelName)."""
+    if not isinstance(name, str):
+        raise InvalidModelName("invalid model name")
+    return _cached_key(name)
+
+
+@lru_cache(maxsize=4096)  # every proxied request normalises its model name two or three times
+def _cached_key(name: str) -> str:
     return parse(name).key()
 
 

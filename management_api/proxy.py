@@ -34,9 +34,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.client import HTTPException, HTTPResponse
 from typing import Any
 from urllib.parse import urlsplit
+
+from management_api.upstream_response import ProtocolError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +151,8 @@ class UpstreamConnection:
     """One keep-alive socket to Ollama.
 
     The proxy speaks HTTP/1.1 over this socket itself (request head and body in one write) and
-    lets ``http.client.HTTPResponse`` parse the answer: the fewest layers between the client's
-    bytes and Ollama's, and direct access to the socket for the disconnect watch.
+    reads the answer with `UpstreamResponse`: the fewest layers between the client's bytes and
+    Ollama's, and direct access to the socket for the disconnect watch.
     """
 
     def __init__(self, pool: ConnectionPool) -> None:
@@ -251,7 +252,7 @@ class UpstreamExchange:
     grace_seconds: float = 10.0
     clock: Callable[[], float] = time.monotonic
     conn: UpstreamConnection | None = None
-    response: HTTPResponse | None = None
+    response: UpstreamResponse | None = None
     method: str = "GET"
     _closed: bool = field(default=False)
 
@@ -311,7 +312,7 @@ class UpstreamExchange:
                     continue
                 raise UpstreamUnreachable() from exc
 
-    def wait_for_headers(self, first_byte_timeout: float) -> HTTPResponse:
+    def wait_for_headers(self, first_byte_timeout: float) -> UpstreamResponse:
         """Wait for Ollama's status line while watching the client; return the response."""
         assert self.conn is not None and self.conn.sock is not None
         sock = self.conn.sock
@@ -336,10 +337,10 @@ class UpstreamExchange:
         try:
             # The status line has started to arrive; the rest follows promptly.
             sock.settimeout(max(1.0, min(30.0, deadline - self.clock())))
-            response = HTTPResponse(sock, method=self.method)
-            response.begin()
+            response = UpstreamResponse(sock, method=self.method)
+            response.read_head()
             self.response = response
-        except (OSError, HTTPException) as exc:
+        except (OSError, ProtocolError) as exc:
             self.abort()
             if isinstance(exc, TimeoutError | socket.timeout):
                 raise UpstreamTimeout("Ollama sent an incomplete response head") from exc
@@ -359,7 +360,9 @@ class UpstreamExchange:
         conn, response = self.conn, self.response
         if conn is None:
             return
-        reusable = complete and response is not None and not response.will_close
+        reusable = (
+            complete and response is not None and not response.will_close and not response.leftover
+        )
         if reusable:
             with contextlib.suppress(OSError):
                 conn.sock.settimeout(self.pool.connect_timeout)  # type: ignore[union-attr]
@@ -413,7 +416,7 @@ class ProxiedBody:
         self._lock = threading.Lock()
         response = exchange.response
         assert response is not None
-        self.content_type = response.headers.get("content-type", "")
+        self.content_type = response.header("content-type") or ""
         self.terminal_error = terminal_error_for(self.content_type)
         self.complete = False
         self.outcome = "incomplete"  # completed | client_gone | idle_timeout | upstream_error
@@ -437,23 +440,23 @@ class ProxiedBody:
         self.last_chunk = chunk if len(chunk) < 65536 else chunk[-65536:]
         return chunk
 
-    def _iter_sized(self, response: HTTPResponse) -> Iterator[bytes]:
+    def _iter_sized(self, response: UpstreamResponse) -> Iterator[bytes]:
         sock = self.exchange.conn.sock if self.exchange.conn else None
         if sock is not None:
             sock.settimeout(self.idle_timeout)
         try:
             while True:
-                chunk = response.read(65536)
+                chunk = response.read1(65536)
                 if not chunk:
                     break
                 yield self._note(chunk)
-        except (OSError, HTTPException):
+        except (OSError, ProtocolError):
             self.outcome = "upstream_error"
             return
         self.complete = True
         self.outcome = "completed"
 
-    def _iter_chunked(self, response: HTTPResponse) -> Iterator[bytes]:
+    def _iter_chunked(self, response: UpstreamResponse) -> Iterator[bytes]:
         chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
         sock = self.exchange.conn.sock if self.exchange.conn else None
         if sock is not None:
@@ -463,13 +466,13 @@ class ProxiedBody:
         def read() -> None:
             try:
                 while True:
-                    # read1 returns what one upstream chunk carried, as soon as it arrives.
+                    # read1 returns what upstream has sent so far, as soon as it arrives.
                     chunk = response.read1(65536)
                     if not chunk:
                         break
                     chunks.put(chunk)
                 chunks.put(_END)
-            except (OSError, HTTPException, ValueError) as exc:
+            except (OSError, ProtocolError, ValueError) as exc:
                 chunks.put(exc)
 
         self._readers.submit(read)
