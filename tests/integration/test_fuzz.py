@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
+from hypothesis import assume
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.errors import FailureGroup
@@ -45,6 +46,9 @@ PASSTHROUGH_TAGS = ["ollama-passthrough", "openai-passthrough"]
 SEED = 20261108
 MAX_EXAMPLES = 25
 REQUEST_TIMEOUT_SECONDS = 30
+# gunicorn answers 414 (plain text, before the app runs) to a request line over 4094 bytes;
+# a long non-ASCII query value percent-encodes to that size. Not the service's contract.
+MAX_REQUEST_LINE_BYTES = 4094
 
 # Random strings are rarely installed models; half the time use names the emulator knows
 # (installed, in its registry, spelt differently, embedding-only), so generation, pull, delete
@@ -231,8 +235,15 @@ def no_internal_error(ctx, response, case) -> None:
         raise AssertionError(f"500 Internal Server Error on {case.operation.label}")
 
 
+def request_line_fits(case, base_url: str) -> bool:
+    kwargs = case.as_transport_kwargs(base_url=base_url)
+    url = requests.Request("GET", kwargs["url"], params=kwargs.get("params")).prepare().path_url
+    return len(f"{case.method} {url} HTTP/1.1") <= MAX_REQUEST_LINE_BYTES
+
+
 @schema.parametrize()
 def test_fuzz_with_ollama_up(case, up):
+    assume(request_line_fits(case, up.url))
     case.call_and_validate(
         base_url=up.url,
         checks=[*CONFORMANCE_CHECKS],
