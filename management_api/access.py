@@ -4,6 +4,9 @@ Order per request: assign the request id → answer a CORS preflight → check t
 403) → take the key's concurrency place for inference routes (429 ``key_limit``) → the route.
 After it: CORS headers, ``X-Request-ID``, and one JSON access-log line when the response is
 closed (proxied requests are logged by the gateway, which knows queue wait and first byte).
+
+The steps are plain functions of header values, so the Flask hooks below and the inference
+fast path (fast_path.py) apply exactly the same rules.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from datetime import datetime, timezone
 from flask import Flask, Response, g, request
 
 from management_api import errors
-from management_api.auth import KeyRing, presented_key
+from management_api.auth import ApiKey, KeyRing, presented_key
 from management_api.cors import CorsPolicy
 from management_api.inference import INFERENCE_ROUTES
 
@@ -54,12 +57,84 @@ def _bound_chunked_body(app: Flask) -> None:
     environ["CONTENT_LENGTH"] = str(len(data))
 
 
+def request_id_for(supplied: str | None) -> str:
+    """The caller's X-Request-ID when it is safe to log and echo, else a fresh one."""
+    return supplied if supplied and _REQUEST_ID_PATTERN.match(supplied) else uuid.uuid4().hex
+
+
+def authorize_caller(
+    keyring: KeyRing, method: str, path: str, authorization: str | None, x_api_key: str | None
+) -> ApiKey | None:
+    """The caller's key (None without one) when the route allows the caller; else 401/403."""
+    decision = keyring.authorize(method, path, presented_key(authorization, x_api_key))
+    if decision.allowed:
+        return decision.key
+    if decision.status == 401:
+        raise errors.Unauthorized(
+            decision.message, headers={"WWW-Authenticate": 'Bearer realm="llm-service"'}
+        )
+    raise errors.Forbidden(decision.message)
+
+
+def take_key_place(keyring: KeyRing, key: ApiKey | None, path: str) -> ApiKey | None:
+    """Take one of the key's concurrency places for an inference request (429 ``key_limit``
+    when all are taken). Returns the key whose place is held — give it back with
+    ``keyring.release`` exactly once — or None when nothing was taken."""
+    if key is None or not _is_inference(path):
+        return None
+    if not keyring.try_acquire(key):
+        limit = key.max_concurrency
+        raise errors.ConcurrencyLimit(
+            f"the API key '{key.name}' has {limit} requests running (its limit); retry shortly",
+            headers={"Retry-After": "1"},
+            key=key.name,
+            limit=limit,
+            in_flight=keyring.in_flight(key.name),
+            reason="key_limit",
+        )
+    return key
+
+
+def response_headers(
+    cors: CorsPolicy, request_id: str | None, origin: str | None
+) -> list[tuple[str, str]]:
+    """Headers every response gets: its request id, and CORS headers for an allowed origin."""
+    headers = [(REQUEST_ID_HEADER, request_id)] if request_id else []
+    if origin and cors.allows(origin):
+        headers.extend(cors.response_headers(origin).items())
+    return headers
+
+
+def log_request(
+    *,
+    request_id: str | None,
+    remote_addr: str | None,
+    method: str,
+    path: str,
+    key: ApiKey | None,
+    status: int,
+    started: float,
+) -> None:
+    """The access-log line of a request the gateway did not log itself."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    access_log.info(json.dumps({
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "request_id": request_id,
+        "remote_addr": remote_addr,
+        "method": method,
+        "path": path,
+        "key": key.name if key else None,
+        "status": status,
+        "duration_ms": round((time.monotonic() - started) * 1000, 2),
+    }, separators=(",", ":")))  # fmt: skip
+
+
 def init_app(app: Flask, keyring: KeyRing, cors: CorsPolicy) -> None:
     @app.before_request
     def prepare() -> Response | None:
         g.started = time.monotonic()
-        supplied = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = supplied if _REQUEST_ID_PATTERN.match(supplied) else uuid.uuid4().hex
+        g.request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER))
         g.key = None
         _bound_chunked_body(app)
         origin = request.headers.get("Origin")
@@ -76,43 +151,21 @@ def init_app(app: Flask, keyring: KeyRing, cors: CorsPolicy) -> None:
             )
             return Response(b"", status=204, headers=headers)
 
-        decision = keyring.authorize(
+        g.key = authorize_caller(
+            keyring,
             request.method,
             request.path,
-            presented_key(request.headers.get("Authorization"), request.headers.get("X-API-Key")),
+            request.headers.get("Authorization"),
+            request.headers.get("X-API-Key"),
         )
-        if not decision.allowed:
-            if decision.status == 401:
-                raise errors.Unauthorized(
-                    decision.message,
-                    headers={"WWW-Authenticate": 'Bearer realm="llm-service"'},
-                )
-            raise errors.Forbidden(decision.message)
-        g.key = decision.key
-        if decision.key is not None and _is_inference(request.path):
-            if not keyring.try_acquire(decision.key):
-                limit = decision.key.max_concurrency
-                raise errors.ConcurrencyLimit(
-                    f"the API key '{decision.key.name}' has {limit} requests running "
-                    "(its limit); retry shortly",
-                    headers={"Retry-After": "1"},
-                    key=decision.key.name,
-                    limit=limit,
-                    in_flight=keyring.in_flight(decision.key.name),
-                    reason="key_limit",
-                )
-            g.key_slot = decision.key
+        g.key_slot = take_key_place(keyring, g.key, request.path)
         return None
 
     @app.after_request
     def finish(response: Response) -> Response:
         request_id = getattr(g, "request_id", None)
-        if request_id:
-            response.headers[REQUEST_ID_HEADER] = request_id
-        origin = request.headers.get("Origin")
-        if origin and cors.allows(origin):
-            for name, value in cors.response_headers(origin).items():
-                response.headers[name] = value
+        for name, value in response_headers(cors, request_id, request.headers.get("Origin")):
+            response.headers[name] = value
         key_slot = g.pop("key_slot", None)
         started = getattr(g, "started", time.monotonic())
         key = getattr(g, "key", None)
@@ -123,17 +176,9 @@ def init_app(app: Flask, keyring: KeyRing, cors: CorsPolicy) -> None:
         def on_close() -> None:
             if key_slot is not None:
                 keyring.release(key_slot)
-            if not proxied and access_log.isEnabledFor(logging.INFO):
-                access_log.info(json.dumps({
-                    "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-                    "request_id": request_id,
-                    "remote_addr": remote,
-                    "method": method,
-                    "path": path,
-                    "key": key.name if key else None,
-                    "status": response.status_code,
-                    "duration_ms": round((time.monotonic() - started) * 1000, 2),
-                }, separators=(",", ":")))  # fmt: skip
+            if not proxied:
+                log_request(request_id=request_id, remote_addr=remote, method=method, path=path,
+                            key=key, status=response.status_code, started=started)  # fmt: skip
 
         response.call_on_close(on_close)
         return response

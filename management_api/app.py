@@ -9,6 +9,7 @@ from flask import Flask
 from management_api import access, errors
 from management_api.auth import KeyRing, load_keys
 from management_api.cors import CorsPolicy
+from management_api.fast_path import InferenceFastPath
 from management_api.routes import (
     docs,
     healing,
@@ -37,7 +38,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     errors.init_app(app)
     keyring = KeyRing(settings.auth_mode, load_keys(settings.api_keys, settings.api_keys_file))
     app.extensions["llm_service_keys"] = keyring
-    access.init_app(app, keyring, CorsPolicy(settings.cors_origins))
+    cors = CorsPolicy(settings.cors_origins)
+    access.init_app(app, keyring, cors)
     app.register_blueprint(health.bp)
     app.register_blueprint(management.bp)
     app.register_blueprint(models.bp)
@@ -47,6 +49,14 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(docs.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(ollama_api.bp)
+    # Inference requests skip Flask's per-request machinery (see fast_path.py).
+    app.wsgi_app = InferenceFastPath(  # type: ignore[method-assign]
+        app.wsgi_app,
+        gateway=services.gateway,
+        keyring=keyring,
+        cors=cors,
+        max_body_bytes=app.config["MAX_CONTENT_LENGTH"],
+    )
     return app
 
 

@@ -177,15 +177,23 @@ def error_body(err: ApiError, flavor: str = OLLAMA) -> dict[str, Any]:
     return body
 
 
+def render_error(err: ApiError, flavor: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, headers and body of an error response, without Flask (the fast path uses it)."""
+    payload = (json.dumps(error_body(err, flavor), separators=(",", ":")) + "\n").encode()
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(payload))),
+        (ERROR_SOURCE_HEADER, "llm-service"),
+        *err.headers.items(),
+    ]
+    return err.status, headers, payload
+
+
 def error_response(err: ApiError, flavor: str | None = None) -> Response:
     if flavor is None:
         flavor = flavor_for_path(request.path)
-    payload = json.dumps(error_body(err, flavor), separators=(",", ":"))
-    response = Response(payload + "\n", status=err.status, mimetype="application/json")
-    response.headers[ERROR_SOURCE_HEADER] = "llm-service"
-    for name, value in err.headers.items():
-        response.headers[name] = value
-    return response
+    status, headers, payload = render_error(err, flavor)
+    return Response(payload, status=status, headers=headers)
 
 
 # --- Flask wiring

@@ -57,10 +57,9 @@ def forward_current_request(flavor: str) -> Response:
     except ClientGone:
         return Response(b"", status=CLIENT_CLOSED_STATUS)
     try:
-        response = Response(
-            forwarded.body, status=forwarded.status, headers=forwarded.headers,
-            direct_passthrough=True,
-        )  # fmt: skip
+        # Not direct_passthrough: Werkzeug then wraps the body so that closing it also runs
+        # the response's close callbacks (access.py gives the API key's place back there).
+        response = Response(forwarded.body, status=forwarded.status, headers=forwarded.headers)
     except BaseException:
         close = getattr(forwarded.body, "close", None)
         if close is not None:

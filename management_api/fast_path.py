@@ -1,0 +1,179 @@
+"""The inference routes' way around Flask: a WSGI layer in front of the Flask app.
+
+Generate, chat, embed and their OpenAI-compatible twins are the hot path of the proxy, and for
+them Flask only builds a request context, matches a catch-all route, runs the access hooks and
+wraps the gateway's body in a Response object. On a small non-streamed generate that framework
+work was about a third of the CPU the proxy adds. This layer answers a ``POST`` to one of those
+exact paths itself, with the same access rules (access.py), the same gateway and the same error
+renderings, so a caller cannot tell which path served it. Everything else goes to Flask,
+including inference requests whose body has no Content-Length (chunked uploads: Flask's path
+bounds them) — a test checks that Flask would route each fast path to the same forwarder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from werkzeug.http import HTTP_STATUS_CODES
+
+from management_api import access, errors
+from management_api.auth import ApiKey, KeyRing
+from management_api.cors import CorsPolicy
+from management_api.gateway import ClientRequest, Gateway
+from management_api.inference import INFERENCE_ROUTES
+from management_api.proxy import ClientGone, ClientWatch
+
+log = logging.getLogger(__name__)
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+CLIENT_CLOSED_STATUS = 499  # nginx's "client closed request"; only the access log reads it
+_NO_BODY_STATUSES = frozenset({204, 304})
+_SPECIAL_HEADERS = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
+
+
+def status_line(status: int) -> str:
+    """The status line Werkzeug would write, so both paths answer identically."""
+    return f"{status} {HTTP_STATUS_CODES.get(status, 'unknown').upper()}"
+
+
+def environ_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
+    """The request headers as Werkzeug's ``request.headers`` lists them."""
+    headers = []
+    for name, value in environ.items():
+        if name.startswith("HTTP_"):
+            if name not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                headers.append((name[5:].replace("_", "-").title(), value))
+        elif name in _SPECIAL_HEADERS and value:
+            headers.append((_SPECIAL_HEADERS[name], value))
+    return headers
+
+
+class _Body:
+    """The gateway's body, plus giving the key's concurrency place back when it closes."""
+
+    def __init__(self, body: Iterable[bytes], on_close: Callable[[], None]) -> None:
+        self._body = body
+        self._on_close = on_close
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._on_close()
+
+
+class InferenceFastPath:
+    """WSGI middleware: serves ``POST`` to the inference routes, hands the rest to `app`."""
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        gateway: Gateway,
+        keyring: KeyRing,
+        cors: CorsPolicy,
+        max_body_bytes: int,
+    ) -> None:
+        self.app = app
+        self._gateway = gateway
+        self._keyring = keyring
+        self._cors = cors
+        self._max_body = max_body_bytes
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        path = environ.get("PATH_INFO", "")
+        length = environ.get("CONTENT_LENGTH") or ""
+        if (
+            path not in INFERENCE_ROUTES
+            or environ.get("REQUEST_METHOD") != "POST"
+            or not length.isdigit()
+        ):
+            return self.app(environ, start_response)
+        return self._serve(environ, start_response, path, int(length))
+
+    def _serve(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], path: str, length: int
+    ) -> Iterable[bytes]:
+        started = time.monotonic()
+        request_id = access.request_id_for(environ.get("HTTP_X_REQUEST_ID"))
+        flavor = errors.flavor_for_path(path)
+        remote_addr = environ.get("REMOTE_ADDR")
+        key: ApiKey | None = None
+        place: ApiKey | None = None
+        proxied = False  # once the gateway has the request, it writes the access-log line
+        try:
+            key = access.authorize_caller(
+                self._keyring,
+                "POST",
+                path,
+                environ.get("HTTP_AUTHORIZATION"),
+                environ.get("HTTP_X_API_KEY"),
+            )
+            place = access.take_key_place(self._keyring, key, path)
+            if length > self._max_body:
+                raise errors.PayloadTooLarge()  # answered without reading the body
+            body = environ["wsgi.input"].read(length) if length else b""
+            if len(body) < length:
+                raise errors.BadRequest("malformed request")  # the client stopped sending
+            client_request = ClientRequest(
+                method="POST",
+                path=path,
+                query=environ.get("QUERY_STRING", ""),
+                headers=environ_headers(environ),
+                body=body,
+                content_length=length,
+                watch=ClientWatch.from_environ(environ),
+                request_id=request_id,
+                flavor=flavor,
+                remote_addr=remote_addr,
+                key_name=key.name if key else None,
+            )
+            proxied = True
+            forwarded = self._gateway.forward(client_request)
+            status, headers, payload = forwarded.status, forwarded.headers, forwarded.body
+        except ClientGone:
+            status, headers, payload = CLIENT_CLOSED_STATUS, [("Content-Length", "0")], [b""]
+        except errors.ApiError as err:
+            status, headers, body_bytes = errors.render_error(err, flavor)
+            payload = [body_bytes]
+        except Exception:
+            log.exception("unhandled error on POST %s (request %s)", path, request_id)
+            status, headers, body_bytes = errors.render_error(
+                errors.InternalError(request_id=request_id), flavor
+            )
+            payload = [body_bytes]
+        except BaseException:
+            if place is not None:
+                self._keyring.release(place)
+            raise
+
+        def on_close() -> None:
+            if place is not None:
+                self._keyring.release(place)
+            if not proxied:
+                access.log_request(request_id=request_id, remote_addr=remote_addr, method="POST",
+                                   path=path, key=key, status=status, started=started)  # fmt: skip
+
+        body_out = _Body(payload, on_close)
+        try:
+            headers = list(headers)
+            sized = any(name.lower() == "content-length" for name, _ in headers)
+            if isinstance(payload, list) and not sized and status not in _NO_BODY_STATUSES:
+                headers.append(("Content-Length", str(sum(len(p) for p in payload))))
+            headers += access.response_headers(self._cors, request_id, environ.get("HTTP_ORIGIN"))
+            start_response(status_line(status), headers)
+        except BaseException:
+            body_out.close()
+            raise
+        if status in _NO_BODY_STATUSES:
+            body_out.close()
+            return []
+        return body_out
