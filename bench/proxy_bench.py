@@ -4,14 +4,19 @@
 
 Prints one table and writes bench/results/proxy.json. Figures are ratios or differences
 against the direct path, so they compare across machines; absolute numbers are for context.
+Latency samples are interleaved (direct, proxy, reference, direct, …) so that a shared
+machine's drift hits every path alike. The reference is the lean Flask pass-through of
+proxy-practice.md §8 (bench/lean_passthrough.py), run beside ours as a yardstick.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,7 +27,7 @@ import psutil
 import requests
 
 from tests.fake_ollama.harness import FakeOllama
-from tests.service_harness import ServiceProcess
+from tests.service_harness import ROOT, ServiceProcess, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "proxy.json"
 MODEL = "llama3.2:latest"
@@ -44,15 +49,69 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+GENERATE = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+
+
 def latency(session: requests.Session, url: str, n: int) -> list[float]:
-    body = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
     out = []
     for _ in range(n):
         started = time.perf_counter()
-        response = session.post(url + "/api/generate", json=body, timeout=10)
+        response = session.post(url + "/api/generate", json=GENERATE, timeout=10)
         response.content  # noqa: B018 - read the whole body
         out.append((time.perf_counter() - started) * 1000)
     return out
+
+
+def interleaved_latency(urls: dict[str, str], n: int) -> dict[str, list[float]]:
+    """`n` samples per target, taken in turn, one keep-alive session per target."""
+    sessions = {name: requests.Session() for name in urls}
+    samples: dict[str, list[float]] = {name: [] for name in urls}
+    try:
+        for _ in range(n):
+            for name, url in urls.items():
+                samples[name] += latency(sessions[name], url, 1)
+    finally:
+        for session in sessions.values():
+            session.close()
+    return samples
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+class LeanPassthrough:
+    """bench/lean_passthrough.py under gunicorn gthread, one worker (the §8 set-up)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-k", "gthread", "--threads", "64", "-w", "1",
+             "-b", f"127.0.0.1:{self.port}", "--no-control-socket", "bench.lean_passthrough:app"],
+            cwd=ROOT, env={**os.environ, "UPSTREAM_URL": upstream},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def __enter__(self) -> LeanPassthrough:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.post(self.url + "/api/generate", json=GENERATE, timeout=2)
+                return self
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        self.process.kill()
+        raise RuntimeError("the lean pass-through did not start")
+
+    def __exit__(self, *_exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+    def worker(self) -> psutil.Process:
+        children = psutil.Process(self.process.pid).children()
+        return children[0] if children else psutil.Process(self.process.pid)
 
 
 def first_byte_and_gaps(url: str, n: int) -> tuple[list[float], list[float]]:
@@ -74,7 +133,7 @@ def first_byte_and_gaps(url: str, n: int) -> tuple[list[float], list[float]]:
 
 
 def throughput(url: str, seconds: float, threads: int = 8) -> float:
-    body = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"num_predict": 1}}
+    body = GENERATE
     stop = time.perf_counter() + seconds
     counts = [0] * threads
 
@@ -158,15 +217,22 @@ def main() -> int:
             "LLM_LIMITS_FILE": str(limits),
             "LLM_WORKER_THREADS": str(hold + 64),
         }
-        with ServiceProcess(env=env) as service:
-            with requests.Session() as direct, requests.Session() as proxied:
-                latency(direct, emulator.url, 20)  # warm both paths
-                latency(proxied, service.proxy_url, 20)
-                d = latency(direct, emulator.url, n)
-                p = latency(proxied, service.proxy_url, n)
+        with ServiceProcess(env=env) as service, LeanPassthrough(emulator.url) as lean:
+            urls = {"direct": emulator.url, "proxy": service.proxy_url, "lean": lean.url}
+            interleaved_latency(urls, 30)  # warm every path
+            ours, theirs = worker_process(service), lean.worker()
+            cpu_before = cpu_seconds(ours), cpu_seconds(theirs)
+            samples = interleaved_latency(urls, n)
+            cpu_ms = {
+                "proxy": (cpu_seconds(ours) - cpu_before[0]) / n * 1000,
+                "lean": (cpu_seconds(theirs) - cpu_before[1]) / n * 1000,
+            }
+            d, p, ref = samples["direct"], samples["proxy"], samples["lean"]
             emulator.set_model(MODEL, tokens=20, tokens_per_second=50, ttft_seconds=0)
-            d_ttfb, d_gaps = first_byte_and_gaps(emulator.url, 10 if args.quick else 30)
-            p_ttfb, p_gaps = first_byte_and_gaps(service.proxy_url, 10 if args.quick else 30)
+            runs = 10 if args.quick else 30
+            d_ttfb, d_gaps = first_byte_and_gaps(emulator.url, runs)
+            p_ttfb, p_gaps = first_byte_and_gaps(service.proxy_url, runs)
+            ref_ttfb, _ = first_byte_and_gaps(lean.url, runs)
             emulator.set_model(MODEL, tokens=1, tokens_per_second=100000, ttft_seconds=0)
             seconds = 2 if args.quick else 5
             d_rps = throughput(emulator.url, seconds)
@@ -174,9 +240,11 @@ def main() -> int:
             emulator.set_model("qwen3:14b-q8", tokens=100000, tokens_per_second=5)
             held = hold_connections(service, hold)
 
+    added_p50 = statistics.median(p) - statistics.median(d)
+    ref_added_p50 = statistics.median(ref) - statistics.median(d)
     results = {
         "samples": n,
-        "added_p50_ms": round(statistics.median(p) - statistics.median(d), 3),
+        "added_p50_ms": round(added_p50, 3),
         "added_p99_ms": round(percentile(p, 0.99) - percentile(d, 0.99), 3),
         "direct_p50_ms": round(statistics.median(d), 3),
         "proxy_p50_ms": round(statistics.median(p), 3),
@@ -187,14 +255,30 @@ def main() -> int:
                        "proxy": round(percentile(p_gaps, 0.99), 2)},
         "throughput_rps": {"direct": round(d_rps, 1), "proxy": round(p_rps, 1),
                            "ratio": round(p_rps / d_rps, 3)},
+        "worker_cpu_ms_per_request": round(cpu_ms["proxy"], 3),
+        "reference_lean_flask": {
+            "added_p50_ms": round(ref_added_p50, 3),
+            "added_ttfb_p50_ms": round(statistics.median(ref_ttfb) - statistics.median(d_ttfb), 3),
+            "worker_cpu_ms_per_request": round(cpu_ms["lean"], 3),
+        },
+        "added_p50_vs_reference": round(added_p50 / ref_added_p50, 3) if ref_added_p50 > 0
+                                  else None,
         "held": held,
     }  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     rows = [
         ("added p50 latency, small non-stream generate", f"{results['added_p50_ms']} ms"),
+        ("  same, lean Flask pass-through (reference)",
+         f"{results['reference_lean_flask']['added_p50_ms']} ms "
+         f"(ours/reference {results['added_p50_vs_reference']})"),
         ("added p99 latency", f"{results['added_p99_ms']} ms"),
-        ("added time to first byte (stream), p50", f"{results['added_ttfb_p50_ms']} ms"),
+        ("added time to first byte (stream), p50",
+         f"{results['added_ttfb_p50_ms']} ms "
+         f"(reference {results['reference_lean_flask']['added_ttfb_p50_ms']} ms)"),
+        ("worker CPU per small request, ours / reference",
+         f"{results['worker_cpu_ms_per_request']} / "
+         f"{results['reference_lean_flask']['worker_cpu_ms_per_request']} ms"),
         ("inter-chunk gap mean direct / proxy",
          f"{results['gap_mean_ms']['direct']} / {results['gap_mean_ms']['proxy']} ms"),
         ("throughput proxy/direct (8 threads)",
