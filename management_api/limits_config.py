@@ -326,6 +326,7 @@ class LimitsReloader:
         self._interval = interval_seconds
         self._lock = threading.Lock()
         self._seen: _Signature | None = None
+        self._settling: _Signature | None = None  # changed at the last check, not yet applied
         self._current: LimitsConfig | None = None
         self._wake = threading.Event()
         self._forced = False
@@ -348,11 +349,22 @@ class LimitsReloader:
             return config
 
     def check(self) -> bool:
-        """Reload if the file changed since last seen; True when a new config was applied."""
+        """Reload if the file changed since last seen and has stayed unchanged since the
+        previous check; True when a new config was applied.
+
+        The settling check matters because editors and scripts often truncate the file and
+        then write it: a reload in between would apply an empty file (every limit at its
+        default) and then keep it as the last good config if the new text is broken.
+        """
         with self._lock:
             signature = _signature(self.path)
             if signature == self._seen:
+                self._settling = None
                 return False
+            if signature != self._settling:
+                self._settling = signature  # look again at the next check
+                return False
+            self._settling = None
             self._seen = signature
             if signature is None:
                 log.error("limits file %s disappeared; keeping the last good config", self.path)

@@ -336,6 +336,7 @@ def test_check_picks_up_an_edit_and_nothing_else(tmp_path):
     assert reloader.check() is False
 
     write(path, "[defaults]\nmax_concurrency = 4\n", bump=1)
+    assert reloader.check() is False  # changed since the last look: let it settle
     assert reloader.check() is True
     assert apply.applied[-1].defaults.max_concurrency == 4
     assert reloader.current is apply.applied[-1]
@@ -352,6 +353,7 @@ def test_broken_file_keeps_last_good_config_and_logs_one_line(tmp_path, caplog):
 
     write(path, "[defaults]\nmax_concurrency = 0\n", bump=1)
     with caplog.at_level(logging.INFO, logger="management_api.limits_config"):
+        assert reloader.check() is False  # settling
         assert reloader.check() is False
         assert reloader.check() is False  # unchanged broken file: no second line
     assert reloader.current is good
@@ -364,8 +366,28 @@ def test_broken_file_keeps_last_good_config_and_logs_one_line(tmp_path, caplog):
     assert "\n" not in line
 
     write(path, "[defaults]\nmax_concurrency = 3\n", bump=2)
+    assert reloader.check() is False
     assert reloader.check() is True
     assert reloader.current.defaults.max_concurrency == 3
+
+
+def test_a_file_caught_mid_write_is_not_applied(tmp_path):
+    # Truncate-then-write: a check that sees the empty file must not make "all defaults" the
+    # last good config, which a broken final text would then keep.
+    path = tmp_path / "limits.toml"
+    write(path, "[defaults]\nmax_concurrency = 3\n")
+    reloader = LimitsReloader(path, Recorder())
+    good = reloader.load_initial()
+    write(path, "", bump=1)
+    assert reloader.check() is False
+    write(path, "[defaults]\nmax_concurrency = 'lots'\n", bump=2)
+    assert reloader.check() is False
+    assert reloader.check() is False
+    assert reloader.current is good
+    write(path, "[defaults]\nmax_concurrency = 5\n", bump=3)
+    assert reloader.check() is False
+    assert reloader.check() is True
+    assert reloader.current.defaults.max_concurrency == 5
 
 
 def test_vanished_file_keeps_last_good_config(tmp_path, caplog):
@@ -396,6 +418,7 @@ def test_apply_refusing_the_config_keeps_the_last_good_one(tmp_path, caplog):
     good = reloader.load_initial()
     write(path, '[[models]]\nmatch = "x"\n', bump=1)
     with caplog.at_level(logging.ERROR, logger="management_api.limits_config"):
+        assert reloader.check() is False
         assert reloader.check() is False
     assert len(refused) == 1
     assert reloader.current is good
