@@ -114,22 +114,39 @@ class LeanPassthrough:
         return children[0] if children else psutil.Process(self.process.pid)
 
 
-def first_byte_and_gaps(url: str, n: int) -> tuple[list[float], list[float]]:
-    body = {"model": MODEL, "prompt": "stream", "stream": True}
+STREAM = {"model": MODEL, "prompt": "stream", "stream": True}
+
+
+def first_byte_and_gaps(
+    session: requests.Session, url: str, n: int
+) -> tuple[list[float], list[float]]:
+    """Time to the first streamed line, and the gaps between lines, over `n` streams."""
     ttfb, gaps = [], []
-    with requests.Session() as session:
-        for _ in range(n):
-            started = time.perf_counter()
-            with session.post(url + "/api/generate", json=body, stream=True, timeout=10) as r:
-                last = None
-                for _line in r.iter_lines():
-                    now = time.perf_counter()
-                    if last is None:
-                        ttfb.append((now - started) * 1000)
-                    else:
-                        gaps.append((now - last) * 1000)
-                    last = now
+    for _ in range(n):
+        started = time.perf_counter()
+        with session.post(url + "/api/generate", json=STREAM, stream=True, timeout=10) as r:
+            last = None
+            for _line in r.iter_lines():
+                now = time.perf_counter()
+                if last is None:
+                    ttfb.append((now - started) * 1000)
+                else:
+                    gaps.append((now - last) * 1000)
+                last = now
     return ttfb, gaps
+
+
+def interleaved_first_byte(urls: dict[str, str], n: int) -> dict[str, list[float]]:
+    sessions = {name: requests.Session() for name in urls}
+    samples: dict[str, list[float]] = {name: [] for name in urls}
+    try:
+        for _ in range(n):
+            for name, url in urls.items():
+                samples[name] += first_byte_and_gaps(sessions[name], url, 1)[0]
+    finally:
+        for session in sessions.values():
+            session.close()
+    return samples
 
 
 def throughput(url: str, seconds: float, threads: int = 8) -> float:
@@ -228,11 +245,16 @@ def main() -> int:
                 "lean": (cpu_seconds(theirs) - cpu_before[1]) / n * 1000,
             }
             d, p, ref = samples["direct"], samples["proxy"], samples["lean"]
+            # First byte: short streams, interleaved like the latency samples.
+            emulator.set_model(MODEL, tokens=3, tokens_per_second=100000, ttft_seconds=0)
+            first = interleaved_first_byte(urls, n // 2)
+            d_ttfb, p_ttfb, ref_ttfb = first["direct"], first["proxy"], first["lean"]
+            # Cadence: 20 chunks at 20 ms, direct and through the proxy.
             emulator.set_model(MODEL, tokens=20, tokens_per_second=50, ttft_seconds=0)
-            runs = 10 if args.quick else 30
-            d_ttfb, d_gaps = first_byte_and_gaps(emulator.url, runs)
-            p_ttfb, p_gaps = first_byte_and_gaps(service.proxy_url, runs)
-            ref_ttfb, _ = first_byte_and_gaps(lean.url, runs)
+            runs = 10 if args.quick else 20
+            with requests.Session() as session:
+                _, d_gaps = first_byte_and_gaps(session, emulator.url, runs)
+                _, p_gaps = first_byte_and_gaps(session, service.proxy_url, runs)
             emulator.set_model(MODEL, tokens=1, tokens_per_second=100000, ttft_seconds=0)
             seconds = 2 if args.quick else 5
             d_rps = throughput(emulator.url, seconds)

@@ -167,8 +167,9 @@ class Gateway:
         self.grace_seconds = grace_seconds
         self.observer = observer
         self._clock = clock
-        self._readers = ThreadPoolExecutor(
-            max_workers=max(4, pool_size), thread_name_prefix="upstream-reader"
+        # Side work of request threads, e.g. the Hermes stream's heartbeats while it waits.
+        self._helpers = ThreadPoolExecutor(
+            max_workers=max(4, pool_size), thread_name_prefix="gateway-helper"
         )
         self._active: set[Admission] = set()  # requests talking to Ollama right now
         self._active_lock = threading.Lock()
@@ -191,10 +192,10 @@ class Gateway:
 
     def submit(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run `fn` on the gateway's I/O threads (used to keep writing heartbeats meanwhile)."""
-        return self._readers.submit(fn)
+        return self._helpers.submit(fn)
 
     def close(self) -> None:
-        self._readers.shutdown(wait=False, cancel_futures=True)
+        self._helpers.shutdown(wait=False, cancel_futures=True)
         self.pool.close()
 
     # --- the one entry point
@@ -326,7 +327,6 @@ class Gateway:
         body = ProxiedBody(
             exchange,
             idle_timeout=idle_timeout,
-            readers=self._readers,
             on_close=on_close,
             cancel_reason=lambda: record.cancelled,
         )

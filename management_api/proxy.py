@@ -9,11 +9,11 @@ One `UpstreamExchange` is one request to Ollama. Its life:
    socket to become readable in 250 ms steps and look at the client socket between steps; a
    client that left makes us shut the upstream socket, so Ollama sees the FIN and stops.
 3. ``body``: a `ProxiedBody` iterable yields upstream bytes as they arrive (no re-encoding, one
-   flush per upstream chunk). Chunked bodies are read by a reader thread so the request thread
-   can keep watching the client and an idle-read deadline; its ``close()`` releases the
-   admission slot and closes upstream exactly once, whether the stream ended, failed, or the
-   client left (PEP 3333: the server calls ``close()`` in every case, even when iteration never
-   started).
+   flush per upstream read). Streamed bodies are read on the request thread, which waits for
+   upstream in 250 ms steps and watches the client and an idle-read deadline between them; its
+   ``close()`` releases the admission slot and closes upstream exactly once, whether the stream
+   ended, failed, or the client left (PEP 3333: the server calls ``close()`` in every case, even
+   when iteration never started).
 
 Mid-stream failures end the stream with one terminal error in the protocol's own form: an
 NDJSON ``{"error": …}`` line, or an SSE ``data: {"error": …}`` event. Nothing is retried once
@@ -32,7 +32,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -373,8 +372,6 @@ class UpstreamExchange:
 
 # --- the response body
 
-_END = object()
-
 
 def ndjson_error_line(message: str) -> bytes:
     return (json.dumps({"error": message}) + "\n").encode()
@@ -403,13 +400,11 @@ class ProxiedBody:
         exchange: UpstreamExchange,
         *,
         idle_timeout: float,
-        readers: ThreadPoolExecutor,
         on_close: Callable[[ProxiedBody], None],
         cancel_reason: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.exchange = exchange
         self.idle_timeout = idle_timeout
-        self._readers = readers
         self._on_close = on_close
         self._cancel_reason = cancel_reason
         self._closed = False
@@ -457,53 +452,53 @@ class ProxiedBody:
         self.outcome = "completed"
 
     def _iter_chunked(self, response: UpstreamResponse) -> Iterator[bytes]:
-        chunks: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        """Relay a streamed body on the request thread.
+
+        Waits for upstream bytes in WATCH_INTERVAL steps and looks at the client and the idle
+        deadline between steps. Nothing is read ahead of the client, so a slow client slows
+        Ollama down through TCP flow control instead of filling memory here.
+        """
         sock = self.exchange.conn.sock if self.exchange.conn else None
         if sock is not None:
-            # Belt and braces: the reader must end even if nobody aborts it.
-            sock.settimeout(self.idle_timeout + 5)
-
-        def read() -> None:
-            try:
-                while True:
-                    # read1 returns what upstream has sent so far, as soon as it arrives.
-                    chunk = response.read1(65536)
-                    if not chunk:
-                        break
-                    chunks.put(chunk)
-                chunks.put(_END)
-            except (OSError, ProtocolError, ValueError) as exc:
-                chunks.put(exc)
-
-        self._readers.submit(read)
-        idle_deadline = time.monotonic() + self.idle_timeout
+            sock.settimeout(self.idle_timeout)  # bounds a read that finds half a chunk
         watch = self.exchange.watch
+        idle_deadline = time.monotonic() + self.idle_timeout
         while True:
+            if sock is not None and not response.buffered and not response.complete:
+                try:
+                    readable, _, _ = select.select([sock], [], [], WATCH_INTERVAL_SECONDS)
+                except (OSError, ValueError):
+                    readable = [sock]  # closed under us (an abort): the read says how
+                if not readable:
+                    if watch.gone():
+                        self.outcome = "client_gone"
+                        self.exchange.abort()
+                        return
+                    if time.monotonic() >= idle_deadline:
+                        self.outcome = "idle_timeout"
+                        self.exchange.abort()
+                        yield from self._terminal("Ollama sent nothing within the idle timeout")
+                        return
+                    continue
             try:
-                item = chunks.get(timeout=WATCH_INTERVAL_SECONDS)
-            except queue.Empty:
-                if watch.gone():
-                    self.outcome = "client_gone"
-                    self.exchange.abort()
-                    return
-                if time.monotonic() >= idle_deadline:
-                    self.outcome = "idle_timeout"
-                    self.exchange.abort()
-                    yield from self._terminal("Ollama sent nothing within the idle timeout")
-                    return
-                continue
-            if item is _END:
-                self.complete = True
-                self.outcome = "completed"
+                chunk = response.read1(65536)
+            except TimeoutError:
+                self.outcome = "idle_timeout"
+                self.exchange.abort()
+                yield from self._terminal("Ollama sent nothing within the idle timeout")
                 return
-            if isinstance(item, Exception):
+            except (OSError, ProtocolError, ValueError):
                 self.outcome = "upstream_error"
                 self.exchange.abort()
                 reason = self._cancel_reason()
                 yield from self._terminal(reason or "the connection to Ollama failed mid-stream")
                 return
+            if not chunk:
+                self.complete = True
+                self.outcome = "completed"
+                return
             idle_deadline = time.monotonic() + self.idle_timeout
-            yield self._note(item)
+            yield self._note(chunk)
 
     def _terminal(self, message: str) -> Iterator[bytes]:
         if self.terminal_error is not None:

@@ -211,6 +211,11 @@ class UpstreamResponse:
             self._recv_more(what)
 
     @property
+    def buffered(self) -> bool:
+        """Bytes have been received that `read1` has not returned yet (select won't see them)."""
+        return bool(self._buffer)
+
+    @property
     def leftover(self) -> bool:
         """Bytes beyond this response were received (the connection cannot be reused)."""
         return bool(self._buffer)
