@@ -318,7 +318,8 @@ class Gateway:
             self._log(
                 record,
                 status=response.status,
-                outcome="cancelled" if record.cancelled else body.outcome,
+                # A cancel that lands after the last byte changed nothing for the client.
+                outcome="cancelled" if record.cancelled and not body.complete else body.outcome,
                 ttfb=ttfb,
                 eval_count=_eval_count(body.last_chunk),
                 bytes_sent=body.bytes_sent,
