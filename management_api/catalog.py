@@ -11,6 +11,7 @@ a running model in memory).
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -20,6 +21,8 @@ from typing import Any
 
 from management_api import names
 from management_api.ollama import OllamaClient, OllamaError, OllamaStatusError
+
+log = logging.getLogger(__name__)
 
 LOADED_READ_TIMEOUT_SECONDS = 5.0
 UNLOAD_TIMEOUT_SECONDS = 5.0
@@ -130,6 +133,7 @@ class Catalog:
         self._inflight: threading.Event | None = None
         self._inflight_error: OllamaError | None = None
         self._last_good: CatalogView | None = None
+        self._refreshing = False  # a background refresh thread is running
 
     @property
     def ttl_seconds(self) -> float:
@@ -209,7 +213,21 @@ class Catalog:
         return max(0.0, self._clock() - view.fetched_at)
 
     def is_installed(self, model_key: str) -> bool | None:
-        """Whether a normalised name is installed; None when Ollama cannot tell us now."""
+        """Whether a normalised name is installed; None when Ollama cannot tell us now.
+
+        Every proxied inference request asks this, so a model last seen installed answers at
+        once even when the list is past its TTL or invalidated (it is then refreshed in the
+        background, one fetch at a time). Only a name the last list did not have waits for a
+        fresh one, so a model pulled a moment ago is admitted like any other.
+        """
+        with self._lock:
+            known = model_key in self._keys
+            view = self._view
+            expired = view is None or self._clock() - view.fetched_at >= self._ttl
+        if known:
+            if expired:
+                self._refresh_in_background()
+            return True
         try:
             view = self.view()
         except OllamaError:
@@ -218,6 +236,24 @@ class Catalog:
             return None
         with self._lock:
             return model_key in self._keys
+
+    def _refresh_in_background(self) -> None:
+        with self._lock:
+            if self._refreshing or self._inflight is not None:
+                return
+            self._refreshing = True
+        threading.Thread(target=self._refresh, name="catalog-refresh", daemon=True).start()
+
+    def _refresh(self) -> None:
+        try:
+            self.view()  # one bounded fetch (read timeout, retries), then the thread ends
+        except OllamaError:
+            pass  # the last good list stays; the next expired lookup tries again
+        except Exception:
+            log.exception("catalog refresh failed")
+        finally:
+            with self._lock:
+                self._refreshing = False
 
     # --- loaded models
 

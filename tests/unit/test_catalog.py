@@ -192,7 +192,9 @@ def test_ollama_down_serves_the_last_copy_marked_stale(catalog, ollama, clock):
     assert view.cached is True
     assert view.age_seconds == pytest.approx(45)
     assert len(view.entries) == 2
-    assert catalog.is_installed("gemma3:4b") is None  # unknown while Ollama is down
+    # A model last seen installed stays installed; a name never seen is unknown.
+    assert catalog.is_installed("gemma3:4b") is True
+    assert catalog.is_installed("phi3:mini") is None
 
 
 def test_ollama_down_without_a_copy_raises(catalog, ollama):
@@ -200,6 +202,28 @@ def test_ollama_down_without_a_copy_raises(catalog, ollama):
     with pytest.raises(OllamaUnreachable):
         catalog.view()
     assert catalog.is_installed("gemma3:4b") is None
+
+
+def test_a_known_model_answers_at_once_and_refreshes_in_the_background(catalog, ollama, clock):
+    catalog.view()
+    clock.now += 31  # past the TTL
+    ollama.tags_gate = threading.Event()  # the refresh blocks until released
+    started = time.monotonic()
+    answers = [catalog.is_installed("gemma3:4b") for _ in range(50)]
+    assert time.monotonic() - started < 1
+    assert answers == [True] * 50
+    wait_until(lambda: ollama.count("tags") == 2)  # one background fetch, not fifty
+    ollama.tags_gate.set()
+    wait_until(lambda: catalog.view().cached and catalog.view().age_seconds == 0)
+    assert ollama.count("tags") == 2
+
+
+def test_an_unknown_model_waits_for_a_fresh_list(catalog, ollama, clock):
+    assert catalog.is_installed("phi3:mini") is False
+    ollama.installed.append(tag("phi3:mini"))  # pulled meanwhile
+    catalog.invalidate()
+    assert catalog.is_installed("phi3:mini") is True
+    assert ollama.count("tags") == 2
 
 
 def test_is_installed_uses_normalised_names(catalog):
