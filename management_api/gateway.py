@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from management_api import errors
+from management_api import errors, names
 from management_api.catalog import Catalog
 from management_api.inference import (
     MUTATION_ROUTES,
@@ -110,6 +110,7 @@ class Admission:
     extra: dict[str, Any] = field(default_factory=dict)
     exchange: UpstreamExchange | None = None
     cancelled: str | None = None  # why the service itself ended this request (cache clear)
+    pulling: str | None = None  # the model key of a forwarded POST /api/pull
 
     @property
     def model_key(self) -> str | None:
@@ -146,6 +147,17 @@ def _eval_count(tail: bytes) -> int | None:
                 return usage["completion_tokens"]
         return None
     return None
+
+
+def _pull_model_key(payload: Any) -> str | None:
+    """The normalised model of an Ollama pull body (``model``, or the older ``name``)."""
+    if not isinstance(payload, dict):
+        return None
+    model = payload.get("model") or payload.get("name")
+    try:
+        return names.normalize(model) if isinstance(model, str) else None
+    except names.InvalidModelName:
+        return None
 
 
 class Gateway:
@@ -186,6 +198,11 @@ class Gateway:
             admission.cancel(reason)
         return len(targets)
 
+    def is_pulling(self, model_key: str) -> bool:
+        """Whether a pull of this model is being forwarded to Ollama (POST /api/pull) now."""
+        with self._active_lock:
+            return any(a.pulling == model_key for a in self._active)
+
     def in_flight_requests(self) -> int:
         with self._active_lock:
             return len(self._active)
@@ -214,6 +231,8 @@ class Gateway:
             payload = parse_body(request.body)
         intent = classify(request.path, payload) if request.method == "POST" else None
         record.intent = intent
+        if request.path == "/api/pull" and request.method == "POST":
+            record.pulling = _pull_model_key(payload)
         if intent is not None and intent.needs_admission:
             assert intent.model_key is not None
             if self.catalog.is_installed(intent.model_key) is not False:

@@ -236,6 +236,13 @@ def delete_model() -> ResponseReturnValue:
             model=model,
             job_id=job.id,
         )
+    if services.gateway.is_pulling(names.normalize(model)):
+        raise errors.Conflict(
+            f"model '{model}' is being pulled through /api/pull; wait for it to finish",
+            type="pull_in_progress",
+            model=model,
+            job_id=None,  # a pull sent to the proxy is not a job
+        )
     try:
         result = services.catalog.delete(model)
     except ModelNotFound:

@@ -474,6 +474,27 @@ def test_delete_during_a_pull_is_409(api, fake):
     assert fake.observations()["requests"].get("DELETE /api/delete", 0) == 0
 
 
+def test_delete_during_a_pull_sent_through_the_proxy_is_409(api, fake):
+    fake.fault("slow_pull", route="/api/pull", bytes_per_second=20_000_000)  # ~2.3 s
+    result = {}
+
+    def pull() -> None:
+        result["r"] = requests.post(
+            api.proxy + "/api/pull", json={"model": SMALL, "stream": False}, timeout=60
+        )
+
+    thread = threading.Thread(target=pull)
+    thread.start()
+    wait_for(lambda: pull_calls(fake) >= 1)
+    response = api.delete("/api/models/delete", json={"model": SMALL})
+    assert response.status_code == 409, response.text
+    assert response.json()["type"] == "pull_in_progress"
+    assert response.json()["job_id"] is None
+    thread.join(60)
+    assert result["r"].status_code == 200
+    assert api.delete("/api/models/delete", json={"model": SMALL}).status_code == 200
+
+
 def test_delete_with_the_query_form_and_namespaced_names(api, fake):
     namespaced = "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M"
     by_query = api.delete("/api/models/delete", params={"model": namespaced})
