@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from management_api import names
 from management_api.catalog import Catalog
@@ -21,10 +22,10 @@ from management_api.health import HealthChecker, OllamaProbe
 from management_api.limiter import Limiter
 from management_api.limits_config import LimitsReloader
 from management_api.metrics import Metrics, StateCollector
-from management_api.ollama import OllamaClient
+from management_api.ollama import OllamaClient, OllamaError
 from management_api.pulls import PullManager
 from management_api.settings import Settings
-from management_api.telemetry import Sampler, create_sampler
+from management_api.telemetry import Sampler, create_sampler, read_platform
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,9 @@ class Services:
     _stoppers: list[Callable[[], None]] = field(default_factory=list)
     _starters: list[Callable[[], None]] = field(default_factory=list)
     _started: threading.Event = field(default_factory=threading.Event)
+    _version_lock: threading.Lock = field(default_factory=threading.Lock)
+    _version: tuple[float, str | None] | None = None  # (asked at, answer) for /api/info
+    _platform: dict[str, Any] | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -163,3 +167,31 @@ class Services:
 
     def uptime_seconds(self) -> float:
         return max(0.0, time.time() - self.started_at)
+
+    def ollama_version(self, max_age_seconds: float = 60.0) -> str | None:
+        """Ollama's version, asked at most once per `max_age_seconds` (a down Ollama costs at
+        most 1 s then, and None until the next try)."""
+        now = time.monotonic()
+        with self._version_lock:
+            if self._version is not None and now - self._version[0] < max_age_seconds:
+                return self._version[1]
+        try:
+            version = self.ollama.version(read_timeout=1.0, retry=False)
+        except OllamaError:
+            version = None
+        with self._version_lock:
+            self._version = (now, version)
+        return version
+
+    def platform(self) -> dict[str, Any]:
+        """The board this runs on (read once: it does not change while the process lives)."""
+        if self._platform is None:
+            info = read_platform()
+            self._platform = {
+                "jetson": info.jetson,
+                "model": info.model,
+                "l4t": info.l4t,
+                "jetpack": info.jetpack,
+                "kernel": info.kernel,
+            }
+        return self._platform

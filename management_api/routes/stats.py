@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -11,15 +10,9 @@ from flask.typing import ResponseReturnValue
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from management_api import __version__, errors
-from management_api.ollama import OllamaError
-from management_api.telemetry import read_platform, render_stats
+from management_api.telemetry import render_stats
 
 bp = Blueprint("stats", __name__)
-
-VERSION_CACHE_SECONDS = 60.0
-_version_lock = threading.Lock()
-_version_cache: dict[str, object] = {}
-_platform_cache: dict[str, object] = {}
 
 
 @bp.get("/api/stats")
@@ -48,34 +41,6 @@ def history() -> ResponseReturnValue:
     )
 
 
-def _ollama_version(services) -> str | None:
-    """Ollama's version, asked at most once a minute (a down Ollama costs ≤ 1 s here)."""
-    now = time.monotonic()
-    with _version_lock:
-        if now - float(_version_cache.get("at", -1e9)) < VERSION_CACHE_SECONDS:
-            return _version_cache.get("version")  # type: ignore[return-value]
-    try:
-        version = services.ollama.version(read_timeout=1.0, retry=False)
-    except OllamaError:
-        version = None
-    with _version_lock:
-        _version_cache.update(at=now, version=version)
-    return version
-
-
-def _platform() -> dict:
-    if "info" not in _platform_cache:
-        info = read_platform()
-        _platform_cache["info"] = {
-            "jetson": info.jetson,
-            "model": info.model,
-            "l4t": info.l4t,
-            "jetpack": info.jetpack,
-            "kernel": info.kernel,
-        }
-    return _platform_cache["info"]  # type: ignore[return-value]
-
-
 @bp.get("/api/info")
 def info() -> ResponseReturnValue:
     services = current_app.extensions["llm_service"]
@@ -89,8 +54,8 @@ def info() -> ResponseReturnValue:
         api_port=settings.management_port,
         proxy_port=settings.proxy_port if settings.proxy_enabled else None,
         proxy_enabled=settings.proxy_enabled,
-        ollama_version=_ollama_version(services),
-        platform=_platform(),
+        ollama_version=services.ollama_version(),
+        platform=services.platform(),
         telemetry_source=services.sampler.gpu_source,
         stats_interval_seconds=settings.stats_interval,
         limits={
