@@ -95,7 +95,9 @@ class OllamaProbe:
         loaded = None
         if remaining > 0.1:
             try:
-                loaded = tuple(self._ollama.ps(read_timeout=remaining))
+                # No retries: a probe reports what it sees now. Retrying a refused connection
+                # for 1.5 s let a health check straddle an Ollama restart and answer 200.
+                loaded = tuple(self._ollama.ps(read_timeout=remaining, retry=False))
             except OllamaError:
                 loaded = None
         return Probe(True, time.time(), latency_ms=round(latency, 2), models=models,

@@ -190,8 +190,8 @@ class OllamaClient:
     def tags(self, *, read_timeout: float | None = None) -> list[dict[str, Any]]:
         return self._models_list(self.get_json("/api/tags", read_timeout=read_timeout))
 
-    def ps(self, *, read_timeout: float | None = None) -> list[dict[str, Any]]:
-        return self._models_list(self.get_json("/api/ps", read_timeout=read_timeout))
+    def ps(self, *, read_timeout: float | None = None, retry: bool = True) -> list[dict[str, Any]]:
+        return self._models_list(self.get_json("/api/ps", read_timeout=read_timeout, retry=retry))
 
     def show(self, model: str, *, read_timeout: float | None = None) -> dict[str, Any]:
         # /api/show is a POST but reads only, so it gets the read retry policy.
