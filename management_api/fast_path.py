@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from werkzeug.datastructures import EnvironHeaders
 from werkzeug.http import HTTP_STATUS_CODES
 
 from management_api import access, errors
@@ -24,31 +25,17 @@ from management_api.auth import ApiKey, KeyRing
 from management_api.cors import CorsPolicy
 from management_api.gateway import ClientRequest, Gateway
 from management_api.inference import INFERENCE_ROUTES
-from management_api.proxy import ClientGone, ClientWatch
+from management_api.proxy import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
 
 log = logging.getLogger(__name__)
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-CLIENT_CLOSED_STATUS = 499  # nginx's "client closed request"; only the access log reads it
 _NO_BODY_STATUSES = frozenset({204, 304})
-_SPECIAL_HEADERS = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
 
 
 def status_line(status: int) -> str:
     """The status line Werkzeug would write, so both paths answer identically."""
     return f"{status} {HTTP_STATUS_CODES.get(status, 'unknown').upper()}"
-
-
-def environ_headers(environ: dict[str, Any]) -> list[tuple[str, str]]:
-    """The request headers as Werkzeug's ``request.headers`` lists them."""
-    headers = []
-    for name, value in environ.items():
-        if name.startswith("HTTP_"):
-            if name not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
-                headers.append((name[5:].replace("_", "-").title(), value))
-        elif name in _SPECIAL_HEADERS and value:
-            headers.append((_SPECIAL_HEADERS[name], value))
-    return headers
 
 
 class _Body:
@@ -127,7 +114,7 @@ class InferenceFastPath:
                 method="POST",
                 path=path,
                 query=environ.get("QUERY_STRING", ""),
-                headers=environ_headers(environ),
+                headers=list(EnvironHeaders(environ)),  # as Flask's request.headers
                 body=body,
                 content_length=length,
                 watch=ClientWatch.from_environ(environ),
@@ -164,11 +151,10 @@ class InferenceFastPath:
 
         body_out = _Body(payload, on_close)
         try:
-            headers = list(headers)
-            sized = any(name.lower() == "content-length" for name, _ in headers)
-            if isinstance(payload, list) and not sized and status not in _NO_BODY_STATUSES:
-                headers.append(("Content-Length", str(sum(len(p) for p in payload))))
-            headers += access.response_headers(self._cors, request_id, environ.get("HTTP_ORIGIN"))
+            headers = [
+                *headers,
+                *access.response_headers(self._cors, request_id, environ.get("HTTP_ORIGIN")),
+            ]
             start_response(status_line(status), headers)
         except BaseException:
             body_out.close()

@@ -39,6 +39,7 @@ from management_api.inference import (
 )
 from management_api.limiter import AdmissionCancelled, AdmissionRejected, Limiter, Slot
 from management_api.proxy import (
+    CLIENT_CLOSED_STATUS,
     ClientGone,
     ClientWatch,
     ConnectionPool,
@@ -257,7 +258,7 @@ class Gateway:
         try:
             slot = self.limiter.acquire(model_key, is_cancelled=record.request.watch.gone)
         except AdmissionCancelled:
-            self._log(record, status=499, outcome="client_gone_queued")
+            self._log(record, status=CLIENT_CLOSED_STATUS, outcome="client_gone_queued")
             raise ClientGone() from None
         except AdmissionRejected as exc:
             rejection = exc.rejection
@@ -368,7 +369,7 @@ class Gateway:
     ) -> None:
         """Raise the API error for a failure before the first byte (ClientGone passes on)."""
         if isinstance(exc, ClientGone):
-            self._log(record, status=499, outcome="client_gone_before_first_byte")
+            self._log(record, status=CLIENT_CLOSED_STATUS, outcome="client_gone_before_first_byte")
             return
         if isinstance(exc, UpstreamUnreachable):
             self._log(record, status=503, outcome="ollama_unreachable")
@@ -402,7 +403,10 @@ class Gateway:
         self._log(record, status=200, outcome="unload_all")
         return ForwardedResponse(
             status=200,
-            headers=[("Content-Type", "application/json; charset=utf-8")],
+            headers=[
+                ("Content-Type", "application/json; charset=utf-8"),
+                ("Content-Length", str(len(payload))),
+            ],
             body=[payload],
         )
 

@@ -80,6 +80,10 @@ class ClientGone(ProxyError):
     """The client closed its connection; the upstream call was aborted."""
 
 
+# nginx's code for "client closed request": nobody receives it, the access log records it.
+CLIENT_CLOSED_STATUS = 499
+
+
 class UpstreamUnreachable(ProxyError):
     """Ollama refused connections for the whole grace window."""
 
@@ -373,6 +377,9 @@ class UpstreamExchange:
 # --- the response body
 
 
+IDLE_TIMEOUT_MESSAGE = "Ollama sent nothing within the idle timeout"
+
+
 def ndjson_error_line(message: str) -> bytes:
     return (json.dumps({"error": message}) + "\n").encode()
 
@@ -420,44 +427,14 @@ class ProxiedBody:
         self.last_chunk = b""
 
     def __iter__(self) -> Iterator[bytes]:
-        response = self.exchange.response
-        assert response is not None
-        if response.chunked:
-            yield from self._iter_chunked(response)
-        else:
-            yield from self._iter_sized(response)
-
-    def _note(self, chunk: bytes) -> bytes:
-        if self.first_chunk_at is None:
-            self.first_chunk_at = time.monotonic()
-        self.bytes_sent += len(chunk)
-        # Keep the tail only: the final NDJSON line carries the token counts for the access log.
-        self.last_chunk = chunk if len(chunk) < 65536 else chunk[-65536:]
-        return chunk
-
-    def _iter_sized(self, response: UpstreamResponse) -> Iterator[bytes]:
-        sock = self.exchange.conn.sock if self.exchange.conn else None
-        if sock is not None:
-            sock.settimeout(self.idle_timeout)
-        try:
-            while True:
-                chunk = response.read1(65536)
-                if not chunk:
-                    break
-                yield self._note(chunk)
-        except (OSError, ProtocolError):
-            self.outcome = "upstream_error"
-            return
-        self.complete = True
-        self.outcome = "completed"
-
-    def _iter_chunked(self, response: UpstreamResponse) -> Iterator[bytes]:
-        """Relay a streamed body on the request thread.
+        """Relay the body on the request thread, whatever its framing.
 
         Waits for upstream bytes in WATCH_INTERVAL steps and looks at the client and the idle
         deadline between steps. Nothing is read ahead of the client, so a slow client slows
         Ollama down through TCP flow control instead of filling memory here.
         """
+        response = self.exchange.response
+        assert response is not None
         sock = self.exchange.conn.sock if self.exchange.conn else None
         if sock is not None:
             sock.settimeout(self.idle_timeout)  # bounds a read that finds half a chunk
@@ -471,27 +448,20 @@ class ProxiedBody:
                     readable = [sock]  # closed under us (an abort): the read says how
                 if not readable:
                     if watch.gone():
-                        self.outcome = "client_gone"
-                        self.exchange.abort()
+                        yield from self._give_up("client_gone")
                         return
                     if time.monotonic() >= idle_deadline:
-                        self.outcome = "idle_timeout"
-                        self.exchange.abort()
-                        yield from self._terminal("Ollama sent nothing within the idle timeout")
+                        yield from self._give_up("idle_timeout", IDLE_TIMEOUT_MESSAGE)
                         return
                     continue
             try:
                 chunk = response.read1(65536)
             except TimeoutError:
-                self.outcome = "idle_timeout"
-                self.exchange.abort()
-                yield from self._terminal("Ollama sent nothing within the idle timeout")
+                yield from self._give_up("idle_timeout", IDLE_TIMEOUT_MESSAGE)
                 return
             except (OSError, ProtocolError, ValueError):
-                self.outcome = "upstream_error"
-                self.exchange.abort()
-                reason = self._cancel_reason()
-                yield from self._terminal(reason or "the connection to Ollama failed mid-stream")
+                reason = self._cancel_reason() or "the connection to Ollama failed mid-stream"
+                yield from self._give_up("upstream_error", reason)
                 return
             if not chunk:
                 self.complete = True
@@ -500,8 +470,19 @@ class ProxiedBody:
             idle_deadline = time.monotonic() + self.idle_timeout
             yield self._note(chunk)
 
-    def _terminal(self, message: str) -> Iterator[bytes]:
-        if self.terminal_error is not None:
+    def _note(self, chunk: bytes) -> bytes:
+        if self.first_chunk_at is None:
+            self.first_chunk_at = time.monotonic()
+        self.bytes_sent += len(chunk)
+        # Keep the tail only: the final NDJSON line carries the token counts for the access log.
+        self.last_chunk = chunk if len(chunk) < 65536 else chunk[-65536:]
+        return chunk
+
+    def _give_up(self, outcome: str, message: str | None = None) -> Iterator[bytes]:
+        """Stop relaying: close upstream and, for a stream, send one terminal error."""
+        self.outcome = outcome
+        self.exchange.abort()
+        if message is not None and self.terminal_error is not None:
             yield self.terminal_error(message)
 
     def close(self) -> None:

@@ -7,13 +7,11 @@ from collections.abc import Iterator
 from flask import Response, current_app, g, request
 
 from management_api.gateway import ClientRequest
-from management_api.proxy import ClientGone, ClientWatch
+from management_api.proxy import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
 
 # Blob uploads carry whole GGUF files: streamed to Ollama, never held in memory, not capped.
 BLOB_PREFIX = "/api/blobs/"
 UPLOAD_CHUNK_BYTES = 1024 * 1024
-# nginx's code for "client closed request"; nobody reads it, but the access log does.
-CLIENT_CLOSED_STATUS = 499
 
 
 def _stream_upload() -> Iterator[bytes]:

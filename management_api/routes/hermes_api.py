@@ -21,7 +21,7 @@ from management_api import __version__, errors, names
 from management_api.bodies import loads_bounded
 from management_api.gateway import ClientRequest, ForwardedResponse
 from management_api.ollama import OllamaError
-from management_api.proxy import ClientGone, ClientWatch
+from management_api.proxy import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
 
 bp = Blueprint("hermes_api", __name__)
 
@@ -140,14 +140,14 @@ def llm(target: str) -> ResponseReturnValue:
     try:
         admission = gateway.admit(_client_request(body))
     except ClientGone:
-        return Response(b"", status=499)
+        return Response(b"", status=CLIENT_CLOSED_STATUS)
     if streaming:
         return _stream(admission, model, timeout, started)
 
     try:
         forwarded = _open(admission, timeout)
     except ClientGone:
-        return Response(b"", status=499)
+        return Response(b"", status=CLIENT_CLOSED_STATUS)
     try:
         raw = b"".join(forwarded.body)
     finally:

@@ -8,6 +8,7 @@ paths, and one access-log line per request.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -17,6 +18,9 @@ import pytest
 import requests
 
 from management_api.app import create_app
+from management_api.auth import KeyRing, load_keys
+from management_api.cors import CorsPolicy
+from management_api.fast_path import InferenceFastPath
 from management_api.inference import INFERENCE_ROUTES
 from tests.fake_ollama.harness import FakeOllama
 from tests.service_harness import ServiceProcess
@@ -98,6 +102,39 @@ def test_every_fast_route_is_a_forwarding_route_in_flask():
     for path in INFERENCE_ROUTES:
         endpoint, _ = adapter.match(path, method="POST")
         assert endpoint in {"ollama_api.forward", "openai_api.forward"}, path
+
+
+def test_the_fast_path_serves_exactly_the_inference_posts_with_a_length():
+    # The parity tests below would pass with the fast path switched off; this one would not.
+    handed_on = []
+
+    def flask_app(environ, start_response):
+        handed_on.append((environ["REQUEST_METHOD"], environ["PATH_INFO"]))
+        start_response("204 NO CONTENT", [])
+        return []
+
+    keyring = KeyRing("all", load_keys([f"app:{KEY}:user"], None))
+    fast = InferenceFastPath(flask_app, gateway=None, keyring=keyring,  # type: ignore[arg-type]
+                             cors=CorsPolicy([]), max_body_bytes=1024)  # fmt: skip
+
+    def call(method: str, path: str, length: str | None) -> str:
+        environ = {"REQUEST_METHOD": method, "PATH_INFO": path, "wsgi.input": io.BytesIO(b"{}")}
+        if length is not None:
+            environ["CONTENT_LENGTH"] = length
+        seen = []
+        body = fast(environ, lambda status, headers: seen.append(status))
+        body.close() if hasattr(body, "close") else None
+        return seen[0]
+
+    # No key: the fast path answers 401 itself, before any gateway is needed.
+    for path in INFERENCE_ROUTES:
+        assert call("POST", path, "2") == "401 UNAUTHORIZED"
+    assert handed_on == []
+    assert call("POST", "/api/generate", None) == "204 NO CONTENT"  # chunked: Flask's
+    assert call("GET", "/api/generate", "2") == "204 NO CONTENT"
+    assert call("POST", "/api/tags", "2") == "204 NO CONTENT"
+    assert call("POST", "/api/models/pull", "2") == "204 NO CONTENT"
+    assert len(handed_on) == 4
 
 
 def test_success_is_identical(service):
