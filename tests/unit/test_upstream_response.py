@@ -17,10 +17,13 @@ def feed(*pieces: bytes, close: bool = True, pause: float = 0.0) -> UpstreamResp
     ours.settimeout(5)
 
     def write() -> None:
-        for piece in pieces:
-            theirs.sendall(piece)
-            if pause:
-                time.sleep(pause)
+        try:
+            for piece in pieces:
+                theirs.sendall(piece)
+                if pause:
+                    time.sleep(pause)
+        except OSError:
+            return  # the reader gave up early (an oversized head, say) and closed its end
         if close:
             theirs.close()
 
