@@ -12,7 +12,7 @@
 import signal
 import sys
 
-from management_api.auth import KeyRing, load_keys
+from management_api.access.auth import KeyRing, load_keys
 from management_api.settings import Settings, SettingsError
 
 try:

@@ -6,10 +6,9 @@ import logging
 
 from flask import Flask
 
-from management_api import access, errors
-from management_api.auth import KeyRing, load_keys
-from management_api.cors import CorsPolicy
-from management_api.fast_path import InferenceFastPath
+from management_api.access import error_handlers, hooks
+from management_api.access.auth import KeyRing, load_keys
+from management_api.access.cors import CorsPolicy
 from management_api.routes import (
     docs,
     healing,
@@ -21,6 +20,7 @@ from management_api.routes import (
     openai_api,
     stats,
 )
+from management_api.routes.fast_path import InferenceFastPath
 from management_api.services import Services
 from management_api.settings import Settings
 
@@ -35,11 +35,11 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.json.sort_keys = False  # keep documented field order
     app.extensions["llm_service"] = services
 
-    errors.init_app(app)
+    error_handlers.init_app(app)
     keyring = KeyRing(settings.auth_mode, load_keys(settings.api_keys, settings.api_keys_file))
     app.extensions["llm_service_keys"] = keyring
     cors = CorsPolicy(settings.cors_origins)
-    access.init_app(app, keyring, cors)
+    hooks.init_app(app, keyring, cors)
     app.register_blueprint(health.bp)
     app.register_blueprint(management.bp)
     app.register_blueprint(models.bp)
@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(docs.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(ollama_api.bp)
-    # Inference requests skip Flask's per-request machinery (see fast_path.py).
+    # Inference requests skip Flask's per-request machinery (see routes/fast_path.py).
     app.wsgi_app = InferenceFastPath(  # type: ignore[method-assign]
         app.wsgi_app,
         gateway=services.gateway,

@@ -13,6 +13,7 @@ machine `type`. `error_body` builds the JSON for the protocol of the route that 
 Responses we generate carry ``X-Error-Source: llm-service`` so they can be told apart from
 errors Ollama sent that the proxy passed through unchanged. No exception text ever reaches a
 client: unexpected failures become a 500 with the request id, and the traceback goes to the log.
+No Flask here: access/error_handlers.py renders these errors for the Flask app.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
-
-from flask import Flask, Response, g, request
-from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
 
@@ -187,60 +185,3 @@ def render_error(err: ApiError, flavor: str) -> tuple[int, list[tuple[str, str]]
         *err.headers.items(),
     ]
     return err.status, headers, payload
-
-
-def error_response(err: ApiError, flavor: str | None = None) -> Response:
-    if flavor is None:
-        flavor = flavor_for_path(request.path)
-    status, headers, payload = render_error(err, flavor)
-    return Response(payload, status=status, headers=headers)
-
-
-# --- Flask wiring
-
-_HTTP_MESSAGES = {
-    400: "malformed request",
-    404: "no such route",
-    405: "method not allowed for this route",
-    413: "request body too large",
-    415: "unsupported media type",
-}
-
-
-def _from_http_exception(exc: HTTPException) -> ApiError:
-    code = exc.code or 500
-    if code == 404:
-        return NotFound(f"no route for {request.method} {request.path}")
-    if code == 405:
-        allowed = (
-            ", ".join(sorted(exc.valid_methods or [])) if hasattr(exc, "valid_methods") else ""
-        )
-        headers = {"Allow": allowed} if allowed else None
-        return MethodNotAllowed(f"method {request.method} not allowed for {request.path}",
-                                headers=headers)  # fmt: skip
-    if code == 413:
-        return PayloadTooLarge()
-    if code == 400:
-        return BadRequest("malformed request")
-    message = _HTTP_MESSAGES.get(code, "request failed")
-    err = ApiError(message, http_status=code, type="http_error")
-    return err if code < 500 else InternalError()
-
-
-def init_app(app: Flask) -> None:
-    """Register handlers so no error is ever rendered as HTML or leaks exception text."""
-
-    @app.errorhandler(ApiError)
-    def handle_api_error(err: ApiError) -> Response:
-        return error_response(err)
-
-    @app.errorhandler(HTTPException)
-    def handle_http_exception(exc: HTTPException) -> Response:
-        return error_response(_from_http_exception(exc))
-
-    @app.errorhandler(Exception)
-    def handle_unexpected(exc: Exception) -> Response:
-        request_id = getattr(g, "request_id", None)
-        log.exception("unhandled error on %s %s (request %s)", request.method, request.path,
-                      request_id)  # fmt: skip
-        return error_response(InternalError(request_id=request_id))

@@ -16,8 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from management_api.inference import INFERENCE_ROUTES, MUTATION_ROUTES
-from management_api.limiter import WAIT_BUCKETS
+from management_api.proxy.inference import INFERENCE_ROUTES, MUTATION_ROUTES
+from management_api.proxy.limiter import WAIT_BUCKETS
 
 PREFIX = "llm_service"
 KNOWN_ROUTES = frozenset(INFERENCE_ROUTES) | MUTATION_ROUTES | {

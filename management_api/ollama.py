@@ -247,7 +247,7 @@ class OllamaClient:
     def pull_stream(self, model: str, *, idle_timeout: float) -> PullStream:
         """A streaming ``POST /api/pull``, not yet sent: call ``open()``, then iterate.
 
-        Never retried here: a pull is retried as a job (pulls.py), which resumes where Ollama
+        Never retried here: a pull is retried as a job (models/pulls.py), which resumes where Ollama
         stopped. ``idle_timeout`` bounds every wait for the next bytes.
         """
         parts = urlsplit(self.base_url)

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from management_api import names
-from management_api.catalog import Catalog
-from management_api.gateway import Gateway
-from management_api.healing import Healer
-from management_api.health import HealthChecker, OllamaProbe
-from management_api.limiter import Limiter
-from management_api.limits_config import LimitsReloader
+from management_api.health.checks import HealthChecker, OllamaProbe
+from management_api.health.healing import Healer
 from management_api.metrics import Metrics, StateCollector
+from management_api.models.catalog import Catalog
+from management_api.models.pulls import PullManager
 from management_api.ollama import OllamaClient, OllamaError
-from management_api.pulls import PullManager
+from management_api.proxy.gateway import Gateway
+from management_api.proxy.limiter import Limiter
+from management_api.proxy.limits_config import LimitsReloader
 from management_api.settings import Settings
 from management_api.telemetry import Sampler, create_sampler, read_platform
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 from flask import Response, current_app, g, request
 
-from management_api.gateway import ClientRequest
-from management_api.proxy import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
+from management_api.proxy.gateway import ClientRequest
+from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
 
 # Blob uploads carry whole GGUF files: streamed to Ollama, never held in memory, not capped.
 BLOB_PREFIX = "/api/blobs/"

@@ -11,7 +11,7 @@ from flask.typing import ResponseReturnValue
 
 from management_api import errors, names
 from management_api.bodies import json_object
-from management_api.healing import (
+from management_api.health.healing import (
     ModelNotInstalled,
     ResetInProgress,
     SupervisorUnavailable,

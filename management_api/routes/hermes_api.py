@@ -19,9 +19,9 @@ from flask.typing import ResponseReturnValue
 
 from management_api import __version__, errors, names
 from management_api.bodies import loads_bounded
-from management_api.gateway import ClientRequest, ForwardedResponse
 from management_api.ollama import OllamaError
-from management_api.proxy import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
+from management_api.proxy.gateway import ClientRequest, ForwardedResponse
+from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
 
 bp = Blueprint("hermes_api", __name__)
 

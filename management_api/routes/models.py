@@ -16,11 +16,11 @@ from flask.typing import ResponseReturnValue
 
 from management_api import errors, names
 from management_api.bodies import json_object
-from management_api.catalog import ModelNotFound
-from management_api.disk import InsufficientDiskSpace
+from management_api.models.catalog import ModelNotFound
+from management_api.models.disk import InsufficientDiskSpace
+from management_api.models.pulls import PullJob, PullManagerClosed, PullQueueFull
 from management_api.ollama import OllamaError, OllamaStatusError, OllamaTimeout
-from management_api.proxy import ClientWatch
-from management_api.pulls import PullJob, PullManagerClosed, PullQueueFull
+from management_api.proxy.transport import ClientWatch
 
 bp = Blueprint("models", __name__)
 

@@ -1,6 +1,8 @@
 """Telemetry: GPU/CPU/memory/temperature/power sources and the background sampler.
 
-Nothing here touches Flask, and nothing starts at import. The product wires it once::
+Nothing here touches Flask, and nothing starts at import. May import the standard library,
+psutil and jetson-stats only (no other part); imported by `health/`, `routes/` and the wiring.
+The product wires it once::
 
     sampler = create_sampler(interval=settings.stats_interval, models_dir=settings.models_dir,
                              extra_info=<per-model limiter counters>)

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from management_api.access.auth import KeyRing, load_keys
+from management_api.access.cors import CorsPolicy
 from management_api.app import create_app
-from management_api.auth import KeyRing, load_keys
-from management_api.cors import CorsPolicy
-from management_api.fast_path import InferenceFastPath
-from management_api.inference import INFERENCE_ROUTES
+from management_api.proxy.inference import INFERENCE_ROUTES
+from management_api.routes.fast_path import InferenceFastPath
 from tests.fake_ollama.harness import FakeOllama
 from tests.service_harness import ServiceProcess
 

@@ -37,7 +37,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from management_api.auth import is_mutation
+from management_api.access.auth import is_mutation
 from tests.fake_ollama.harness import FakeOllama
 from tests.service_harness import ROOT, ServiceProcess, free_port
 

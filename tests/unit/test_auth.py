@@ -2,9 +2,9 @@ import hmac
 
 import pytest
 
-from management_api import auth
+from management_api.access import auth
+from management_api.access.cors import CorsPolicy
 from management_api.bodies import json_object, loads_bounded, nesting_depth
-from management_api.cors import CorsPolicy
 from management_api.errors import BadRequest
 from management_api.settings import SettingsError
 

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from management_api.catalog import Catalog, ModelNotFound, model_metadata, parameter_count
+from management_api.models.catalog import Catalog, ModelNotFound, model_metadata, parameter_count
 from management_api.ollama import OllamaStatusError, OllamaTimeout, OllamaUnreachable
 
 

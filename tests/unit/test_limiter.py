@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from management_api.limiter import (
+from management_api.proxy.limiter import (
     RETRY_AFTER_MAX_SECONDS,
     AdmissionCancelled,
     AdmissionRejected,
@@ -20,7 +20,7 @@ from management_api.limiter import (
     Slot,
     Ticket,
 )
-from management_api.limits_config import (
+from management_api.proxy.limits_config import (
     LimitsConfig,
     LimitsConfigError,
     ModelLimits,

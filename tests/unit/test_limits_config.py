@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from management_api.limits_config import (
+from management_api.proxy.limits_config import (
     LIMIT_KEYS,
     LimitsConfig,
     LimitsConfigError,
@@ -131,7 +131,7 @@ def test_to_dict_is_plain_data():
 
 def test_missing_file_uses_defaults_and_says_so(tmp_path, caplog):
     missing = tmp_path / "nope.toml"
-    with caplog.at_level(logging.WARNING, logger="management_api.limits_config"):
+    with caplog.at_level(logging.WARNING, logger="management_api.proxy.limits_config"):
         config = load_limits(missing)
     assert config == LimitsConfig()
     assert config.source is None
@@ -352,7 +352,7 @@ def test_broken_file_keeps_last_good_config_and_logs_one_line(tmp_path, caplog):
     good = reloader.load_initial()
 
     write(path, "[defaults]\nmax_concurrency = 0\n", bump=1)
-    with caplog.at_level(logging.INFO, logger="management_api.limits_config"):
+    with caplog.at_level(logging.INFO, logger="management_api.proxy.limits_config"):
         assert reloader.check() is False  # settling
         assert reloader.check() is False
         assert reloader.check() is False  # unchanged broken file: no second line
@@ -396,7 +396,7 @@ def test_vanished_file_keeps_last_good_config(tmp_path, caplog):
     reloader = LimitsReloader(path, Recorder())
     good = reloader.load_initial()
     path.unlink()
-    with caplog.at_level(logging.ERROR, logger="management_api.limits_config"):
+    with caplog.at_level(logging.ERROR, logger="management_api.proxy.limits_config"):
         assert reloader.check() is False
         assert reloader.check() is False
     assert reloader.current is good
@@ -417,7 +417,7 @@ def test_apply_refusing_the_config_keeps_the_last_good_one(tmp_path, caplog):
     reloader = LimitsReloader(path, apply)
     good = reloader.load_initial()
     write(path, '[[models]]\nmatch = "x"\n', bump=1)
-    with caplog.at_level(logging.ERROR, logger="management_api.limits_config"):
+    with caplog.at_level(logging.ERROR, logger="management_api.proxy.limits_config"):
         assert reloader.check() is False
         assert reloader.check() is False
     assert len(refused) == 1

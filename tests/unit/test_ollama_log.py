@@ -1,7 +1,7 @@
 import os
 import time
 
-from management_api import ollama_log
+from management_api.health import ollama_log
 
 NOW = 1_764_600_000.0  # 2025-12-01T14:40:00Z
 

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from management_api import disk, names, pulls
+from management_api import names
+from management_api.models import disk, pulls
+from management_api.models.pulls import PullJob, PullManager, PullProgress
 from management_api.ollama import (
     OllamaStatusError,
     OllamaStreamBroken,
     OllamaTimeout,
     OllamaUnreachable,
 )
-from management_api.pulls import PullJob, PullManager, PullProgress
 
 MODEL_LAYER = "sha256:" + "8bdf721a389f" + "0" * 52
 LICENSE_LAYER = "sha256:" + "1fe2bd01e3a6" + "0" * 52

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from management_api.upstream_response import ProtocolError, UpstreamResponse
+from management_api.proxy.upstream_response import ProtocolError, UpstreamResponse
 
 
 def feed(*pieces: bytes, close: bool = True, pause: float = 0.0) -> UpstreamResponse:

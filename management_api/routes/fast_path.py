@@ -4,8 +4,8 @@ Generate, chat, embed and their OpenAI-compatible twins are the hot path of the 
 them Flask only builds a request context, matches a catch-all route, runs the access hooks and
 wraps the gateway's body in a Response object. On a small non-streamed generate that framework
 work was about a third of the CPU the proxy adds. This layer answers a ``POST`` to one of those
-exact paths itself, with the same access rules (access.py), the same gateway and the same error
-renderings, so a caller cannot tell which path served it. Everything else goes to Flask,
+exact paths itself, with the same access rules (access/hooks.py), the same gateway and the
+same error renderings, so a caller cannot tell which path served it. Everything else goes to Flask,
 including inference requests whose body has no Content-Length (chunked uploads: Flask's path
 bounds them) — a test checks that Flask would route each fast path to the same forwarder.
 """
@@ -20,12 +20,13 @@ from typing import Any
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.http import HTTP_STATUS_CODES
 
-from management_api import access, errors
-from management_api.auth import ApiKey, KeyRing
-from management_api.cors import CorsPolicy
-from management_api.gateway import ClientRequest, Gateway
-from management_api.inference import INFERENCE_ROUTES
-from management_api.proxy import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
+from management_api import errors
+from management_api.access import hooks
+from management_api.access.auth import ApiKey, KeyRing
+from management_api.access.cors import CorsPolicy
+from management_api.proxy.gateway import ClientRequest, Gateway
+from management_api.proxy.inference import INFERENCE_ROUTES
+from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
 
 log = logging.getLogger(__name__)
 
@@ -90,21 +91,21 @@ class InferenceFastPath:
         self, environ: dict[str, Any], start_response: Callable[..., Any], path: str, length: int
     ) -> Iterable[bytes]:
         started = time.monotonic()
-        request_id = access.request_id_for(environ.get("HTTP_X_REQUEST_ID"))
+        request_id = hooks.request_id_for(environ.get("HTTP_X_REQUEST_ID"))
         flavor = errors.flavor_for_path(path)
         remote_addr = environ.get("REMOTE_ADDR")
         key: ApiKey | None = None
         place: ApiKey | None = None
         proxied = False  # once the gateway has the request, it writes the access-log line
         try:
-            key = access.authorize_caller(
+            key = hooks.authorize_caller(
                 self._keyring,
                 "POST",
                 path,
                 environ.get("HTTP_AUTHORIZATION"),
                 environ.get("HTTP_X_API_KEY"),
             )
-            place = access.take_key_place(self._keyring, key, path)
+            place = hooks.take_key_place(self._keyring, key, path)
             if length > self._max_body:
                 raise errors.PayloadTooLarge()  # answered without reading the body
             body = environ["wsgi.input"].read(length) if length else b""
@@ -146,14 +147,14 @@ class InferenceFastPath:
             if place is not None:
                 self._keyring.release(place)
             if not proxied:
-                access.log_request(request_id=request_id, remote_addr=remote_addr, method="POST",
+                hooks.log_request(request_id=request_id, remote_addr=remote_addr, method="POST",
                                    path=path, key=key, status=status, started=started)  # fmt: skip
 
         body_out = _Body(payload, on_close)
         try:
             headers = [
                 *headers,
-                *access.response_headers(self._cors, request_id, environ.get("HTTP_ORIGIN")),
+                *hooks.response_headers(self._cors, request_id, environ.get("HTTP_ORIGIN")),
             ]
             start_response(status_line(status), headers)
         except BaseException:

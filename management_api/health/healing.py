@@ -23,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from management_api import names
-from management_api.gateway import Gateway
-from management_api.limiter import Limiter
 from management_api.ollama import (
     OllamaClient,
     OllamaError,
     OllamaStatusError,
     OllamaUnreachable,
 )
+from management_api.proxy.gateway import Gateway
+from management_api.proxy.limiter import Limiter
 from management_api.telemetry import Sampler
 
 log = logging.getLogger(__name__)

@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 from flask import Flask, Response, g, request
 
 from management_api import errors
-from management_api.auth import ApiKey, KeyRing, presented_key
-from management_api.cors import CorsPolicy
-from management_api.inference import INFERENCE_ROUTES
+from management_api.access.auth import ApiKey, KeyRing, presented_key
+from management_api.access.cors import CorsPolicy
+from management_api.proxy.inference import INFERENCE_ROUTES
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Accept a caller's id only when it is harmless to log and echo back.

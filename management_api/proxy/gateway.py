@@ -29,16 +29,16 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from management_api import errors, names
-from management_api.catalog import Catalog
-from management_api.inference import (
+from management_api.models.catalog import Catalog
+from management_api.proxy.inference import (
     MUTATION_ROUTES,
     UNLOAD_ALL,
     InferenceRequest,
     classify,
     parse_body,
 )
-from management_api.limiter import AdmissionCancelled, AdmissionRejected, Limiter, Slot
-from management_api.proxy import (
+from management_api.proxy.limiter import AdmissionCancelled, AdmissionRejected, Limiter, Slot
+from management_api.proxy.transport import (
     CLIENT_CLOSED_STATUS,
     ClientGone,
     ClientWatch,

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from management_api import __version__, ollama_log
+from management_api import __version__
+from management_api.health import ollama_log
 from management_api.ollama import (
     OllamaClient,
     OllamaError,

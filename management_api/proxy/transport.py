@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from management_api.upstream_response import ProtocolError, UpstreamResponse
+from management_api.proxy.upstream_response import ProtocolError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 

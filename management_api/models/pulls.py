@@ -34,7 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
-from management_api import disk, names
+from management_api import names
+from management_api.models import disk
 from management_api.ollama import (
     OllamaError,
     OllamaStatusError,

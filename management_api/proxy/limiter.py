@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol
 
-from management_api.limits_config import (
+from management_api.proxy.limits_config import (
     LimitsConfig,
     LimitsResolver,
     ModelLimits,

@@ -1,0 +1,7 @@
+"""Access: who may call what, and the per-request plumbing around every route.
+
+API keys and roles (auth), CORS (cors), request ids, body caps, key places and the access log
+(hooks), and the Flask error handlers (error_handlers). May import the core modules and
+`proxy.inference` (which paths are inference routes) and Flask. Imported by `routes/` and the
+app only; no part below the routes may import it.
+"""
