@@ -7,11 +7,13 @@ alive (showing its output if not), and terminate (then kill) at the end.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -21,10 +23,40 @@ ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_ARGS = ("-m", "gunicorn", "-c", "config/gunicorn.conf.py", "management_api.wsgi:app")
 
 
-def free_port() -> int:
+# Ports are drawn below Linux's ephemeral range (32768-60999 by default): the kernel hands
+# ports from that range to every outgoing connection and to every bind(0), so a number found
+# free there can be taken by the next connect() of any process before our service binds it.
+PORT_RANGE = (20000, 32000)
+_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+_random = random.Random(os.getpid() ^ time.monotonic_ns())
+# gunicorn's line when its bind fails (it retries, then exits).
+ADDRESS_IN_USE_MARKERS = ("Connection in use", "Address already in use")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A loopback port that is free now and was never handed out before in this process.
+
+    Never repeating within a run matters more than it looks: a service given the same number
+    for two listeners refuses to start, and a port handed out twice to two services makes one
+    of them fail to bind.
+    """
+    with _ports_lock:
+        for _ in range(10_000):
+            port = _random.randrange(*PORT_RANGE)
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
+    raise RuntimeError(f"no free loopback port left in {PORT_RANGE}")
 
 
 class ServiceProcess:
@@ -38,6 +70,8 @@ class ServiceProcess:
     ) -> None:
         self.proxy_port = free_port()
         self.management_port = free_port()
+        # Ports the caller did not choose can be replaced when a bind fails (see start()).
+        self._own_ports = not {"LLM_PROXY_PORT", "LLM_MANAGEMENT_PORT"} & set(env or {})
         self.env = {
             **os.environ,
             "LLM_BIND_HOST": "127.0.0.1",
@@ -68,6 +102,21 @@ class ServiceProcess:
         return Path(self._log.name).read_text(errors="replace")
 
     def start(self) -> ServiceProcess:
+        """Start and wait until it answers; once, when another process took one of our ports
+        between choosing it and gunicorn binding it, start again on fresh ports."""
+        try:
+            return self._start_once()
+        except RuntimeError as exc:
+            if not (self._own_ports and any(m in str(exc) for m in ADDRESS_IN_USE_MARKERS)):
+                raise
+        self.proxy_port, self.management_port = free_port(), free_port()
+        self.env["LLM_PROXY_PORT"] = str(self.proxy_port)
+        self.env["LLM_MANAGEMENT_PORT"] = str(self.management_port)
+        self._log.seek(0)
+        self._log.truncate()
+        return self._start_once()
+
+    def _start_once(self) -> ServiceProcess:
         self.process = subprocess.Popen(
             [sys.executable, *GUNICORN_ARGS, *self.extra_args],
             cwd=ROOT,
