@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 import requests
 
+from bench import client_drop
 from tests.fake_ollama.harness import FakeOllama
 from tests.service_harness import ROOT, ServiceProcess, free_port
 
@@ -40,6 +41,10 @@ max_wait_seconds = 600
 match = "qwen3:14b-q8"
 max_concurrency = 16
 max_queue = 2000
+[[models]]
+match = "gemma3:4b"
+max_concurrency = 1
+max_queue = 100
 """
 
 
@@ -259,6 +264,7 @@ def main() -> int:
             seconds = 2 if args.quick else 5
             d_rps = throughput(emulator.url, seconds)
             p_rps = throughput(service.proxy_url, seconds)
+            drop = client_drop.measure(service, emulator, ours, args.quick)
             emulator.set_model("qwen3:14b-q8", tokens=100000, tokens_per_second=5)
             held = hold_connections(service, hold)
 
@@ -286,6 +292,7 @@ def main() -> int:
         "added_p50_vs_reference": round(added_p50 / ref_added_p50, 3) if ref_added_p50 > 0
                                   else None,
         "held": held,
+        "client_drop": drop,
     }  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -309,6 +316,14 @@ def main() -> int:
          f"{held['rss_mb_held']} MB (idle {held['rss_mb_before']} MB), "
          f"{held['in_flight']} streaming + {held['queued']} queued"),
         ("/health/live while held", f"{held['health_live_ms_while_held']} ms"),
+        ("worker CPU per 20-chunk stream", f"{drop['stream_worker_cpu_ms']} ms"),
+        *[
+            (f"client drop reaches Ollama, {stage.replace('_', ' ')} (p50 / max)",
+             f"{drop[stage]['p50_ms']} / {drop[stage]['max_ms']} ms")
+            for stage in ("before_first_byte", "slow_mid_stream", "fast_mid_stream")
+        ],
+        ("client drop frees its queue place, queued (p50 / max)",
+         f"{drop['queued']['p50_ms']} / {drop['queued']['max_ms']} ms"),
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     for name, value in rows:

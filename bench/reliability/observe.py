@@ -52,6 +52,9 @@ class UpstreamRecord:
     opened_at: float
     closed_at: float | None
     outcome: str | None
+    slot_entered_at: float | None = None  # when it held a generation slot in the emulator
+    slot_left_at: float | None = None
+    fault: str | None = None
 
 
 class UpstreamCollector(_Poller):
@@ -92,9 +95,33 @@ class UpstreamCollector(_Poller):
                     continue
                 self.records[(pid, item["id"])] = UpstreamRecord(
                     request_id, pid, item.get("model"), item["path"], item["opened_at"],
-                    item.get("closed_at"), item.get("outcome"),
+                    item.get("closed_at"), item.get("outcome"), item.get("slot_entered_at"),
+                    item.get("slot_left_at"), item.get("fault"),
                 )  # fmt: skip
             return True
+
+    def overlaps(self, model: str, limit: int) -> list[list[UpstreamRecord]]:
+        """Each moment the emulator held more than `limit` slots of `model`: the requests that
+        held them then (ours only; the first few such moments)."""
+        with self._lock:
+            held = [
+                r for r in self.records.values()
+                if r.model == model and r.slot_entered_at is not None
+            ]  # fmt: skip
+        found: list[list[UpstreamRecord]] = []
+        for record in sorted(held, key=lambda r: r.slot_entered_at or 0.0):
+            at = record.slot_entered_at
+            assert at is not None
+            together = [
+                r for r in held
+                if r.incarnation == record.incarnation and r.slot_entered_at is not None
+                and r.slot_entered_at <= at and (r.slot_left_at is None or r.slot_left_at > at)
+            ]  # fmt: skip
+            if len(together) > limit:
+                found.append(sorted(together, key=lambda r: r.slot_entered_at or 0.0))
+                if len(found) >= 5:
+                    break
+        return found
 
     def by_request(self) -> dict[str, list[UpstreamRecord]]:
         found: dict[str, list[UpstreamRecord]] = {}

@@ -60,8 +60,10 @@ class Stack:
                 "LLM_STATS_INTERVAL": "5",
                 "OLLAMA_NUM_PARALLEL": str(EMULATOR_PARALLEL),
                 "OLLAMA_MAX_LOADED_MODELS": "4",
-                # Streams long enough to leave mid-way, loads long enough to leave during one.
+                # Streams long enough to leave mid-way, loads long enough to leave during one;
+                # a client that leaves during prompt evaluation holds its slot, as in Ollama.
                 "FAKE_OLLAMA_ARGS": "--tokens 16 --tokens-per-second 80 --ttft-seconds 0.1"
+                " --prompt-eval-uncancellable"
                 f" --load-seconds 0.4 {emulator_args}".strip(),
                 # Widens the restart window so /health's 503 during an outage is observable.
                 "FAKE_OLLAMA_START_DELAY": "1",

@@ -9,7 +9,7 @@ from typing import Any
 
 from bench.reliability import ledger as lg
 from bench.reliability.load import LoadGenerator
-from bench.reliability.observe import UpstreamCollector
+from bench.reliability.observe import UpstreamCollector, UpstreamRecord
 from bench.reliability.stack import MODEL_LIMITS, Stack
 
 # The service checks the client socket every 250 ms; seconds mean a hang, not a slow check.
@@ -35,6 +35,27 @@ def _wait_upstream_closed(collector: UpstreamCollector, stack: Stack, timeout: f
             if not still_open and not any(collector.in_flight.values()):
                 return
         time.sleep(0.3)
+
+
+def _describe_overlap(
+    model: str, group: Sequence[UpstreamRecord], access: dict[str, list[dict[str, Any]]]
+) -> str:
+    """One failure line per moment Ollama held too many: who held a slot then, with the
+    emulator's times (relative to the first) and what our access log says of each."""
+    t0 = min(r.opened_at for r in group)
+
+    def rel(at: float | None) -> str:
+        return "-" if at is None else f"{at - t0:+.3f}"
+
+    parts = []
+    for r in group:
+        line = (access.get(r.request_id) or [{}])[0]
+        parts.append(
+            f"{r.request_id} {r.path} opened {rel(r.opened_at)} slot {rel(r.slot_entered_at)}"
+            f"..{rel(r.slot_left_at)} closed {rel(r.closed_at)} ({r.outcome}, fault {r.fault}; "
+            f"ours: {line.get('outcome')}, released_after_ms {line.get('released_after_ms')})"
+        )
+    return f"overlap of {len(group)} on {model}: " + "; ".join(parts)
 
 
 def account(
@@ -154,6 +175,8 @@ def account(
         models[model] = {"limit": limit, "max_in_flight": seen}
         if seen > limit:
             failures.append(f"Ollama saw {seen} requests of {model} at once; the limit is {limit}")
+            for group in collector.overlaps(model, limit):
+                failures.append(_describe_overlap(model, group, logged))
     leaked = int(totals["in_flight"]) + int(totals["queued"])
     if leaked:
         failures.append(f"the limiter still holds {totals} after the load stopped")

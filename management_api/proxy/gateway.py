@@ -13,7 +13,9 @@ a WSGI response. The admission cases, in order:
    anything is sent upstream; a full queue or a long wait → 429 with Retry-After; a client that
    leaves while queued is dropped from the queue.
 
-The slot is released exactly once, by the response body's ``close()`` or on any failure before it.
+The slot is released exactly once, when Ollama has let go of the request: at once for a response
+read to its end, and after an early exit (client gone, timeout, cancel) only once Ollama closed
+its side of the half-closed connection, or ``release_timeout_seconds`` passed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from management_api.proxy.inference import (
     parse_body,
 )
 from management_api.proxy.limiter import AdmissionCancelled, AdmissionRejected, Limiter, Slot
+from management_api.proxy.socket_watch import SocketWatcher
 from management_api.proxy.transport import (
     CLIENT_CLOSED_STATUS,
     ClientGone,
@@ -184,6 +187,8 @@ class Gateway:
         self._helpers = ThreadPoolExecutor(
             max_workers=max(4, pool_size), thread_name_prefix="gateway-helper"
         )
+        # Queued clients and upstream connections being let go of: one thread watches them all.
+        self.watcher = SocketWatcher(clock=clock)
         self._active: set[Admission] = set()  # requests talking to Ollama right now
         self._active_lock = threading.Lock()
         # The healer's single-flight unload-all (it needs this gateway, so it is set after
@@ -214,6 +219,7 @@ class Gateway:
 
     def close(self) -> None:
         self._helpers.shutdown(wait=False, cancel_futures=True)
+        self.watcher.close()
         self.pool.close()
 
     # --- the one entry point
@@ -244,19 +250,30 @@ class Gateway:
         self, admission: Admission, *, first_byte_timeout: float | None = None
     ) -> ForwardedResponse:
         """Send the admitted request upstream and wait for its headers; the slot goes with the
-        returned body (or is released here if that fails)."""
+        returned body (or, if that fails, is released once Ollama let go of the request)."""
         try:
             return self._exchange(admission, first_byte_timeout)
         except BaseException:
-            if admission.slot is not None:
-                admission.slot.release()
+            if admission.slot is not None and admission.exchange is None:
+                admission.slot.release()  # failed before an exchange existed
             raise
 
     # --- admission
 
     def _admit(self, record: Admission, model_key: str) -> Slot:
+        watch = record.request.watch
+        client_sock = getattr(watch, "sock", None)
+
+        def watch_queued(cancel: Callable[[], bool]) -> Callable[[], None]:
+            assert client_sock is not None
+            return self.watcher.watch_client(client_sock, cancel).cancel
+
         try:
-            slot = self.limiter.acquire(model_key, is_cancelled=record.request.watch.gone)
+            slot = self.limiter.acquire(
+                model_key,
+                is_cancelled=watch.gone,
+                watch_queued=watch_queued if client_sock is not None else None,
+            )
         except AdmissionCancelled:
             self._log(record, status=CLIENT_CLOSED_STATUS, outcome="client_gone_queued")
             raise ClientGone() from None
@@ -284,22 +301,48 @@ class Gateway:
 
     # --- forwarding
 
-    def _timeouts(self, record: Admission) -> tuple[float, float]:
-        path = record.request.path
-        if path in LONG_OPERATION_ROUTES:
-            return LONG_OPERATION_SECONDS, 600.0
+    def _timeouts(self, record: Admission) -> tuple[float, float, float]:
+        """First-byte, idle and release timeouts of a request."""
         key = record.intent.model_key if record.intent else None
         limits = self.limiter.limits_for(key) if key else self.limiter.config.defaults
-        return limits.first_byte_timeout_seconds, limits.idle_timeout_seconds
+        if record.request.path in LONG_OPERATION_ROUTES:
+            return LONG_OPERATION_SECONDS, 600.0, limits.release_timeout_seconds
+        return (
+            limits.first_byte_timeout_seconds,
+            limits.idle_timeout_seconds,
+            limits.release_timeout_seconds,
+        )
+
+    def _release(
+        self, record: Admission, slot: Slot | None, seconds: float, timed_out: bool
+    ) -> None:
+        """Ollama has let go of the request (or the release timeout passed): free its slot."""
+        with self._active_lock:
+            self._active.discard(record)
+        if timed_out and record.exchange is not None and record.exchange.conn is not None:
+            log.warning(
+                "request %s: Ollama had not closed the connection %.0f s after we let go of "
+                "it; its slot is released anyway",
+                record.request.request_id,
+                seconds,
+            )
+        if slot is not None:
+            slot.release()
 
     def _exchange(self, record: Admission, first_byte_override: float | None) -> ForwardedResponse:
         request = record.request
         headers = forwardable_request_headers(request.headers)
         headers["X-Request-ID"] = request.request_id
-        first_byte_timeout, idle_timeout = self._timeouts(record)
+        first_byte_timeout, idle_timeout, release_timeout = self._timeouts(record)
         if first_byte_override is not None:
             first_byte_timeout = first_byte_override
-        exchange = UpstreamExchange(self.pool, request.watch, grace_seconds=self.grace_seconds)
+        exchange = UpstreamExchange(
+            self.pool,
+            request.watch,
+            grace_seconds=self.grace_seconds,
+            watcher=self.watcher,
+            release_timeout=release_timeout,
+        )
         record.exchange = exchange
         with self._active_lock:
             self._active.add(record)
@@ -313,14 +356,25 @@ class Gateway:
                 exchange.send(request.method, request.target, headers, request.body or None)
             response = exchange.wait_for_headers(first_byte_timeout)
         except BaseException as exc:
-            with self._active_lock:
-                self._active.discard(record)
+            failed_at = self._clock()
             if record.cancelled and isinstance(exc, UpstreamBroken | UpstreamUnreachable):
-                self._log(record, status=503, outcome="cancelled")
-                raise errors.ServiceUnavailable(
+                status, outcome = 503, "cancelled"
+                api_error: errors.ApiError | None = errors.ServiceUnavailable(
                     record.cancelled, type="model_unloaded", headers={"Retry-After": "1"}
-                ) from None
-            self._translate_failure(record, exc, first_byte_timeout)
+                )
+            else:
+                status, outcome, api_error = self._failure(exc, first_byte_timeout)
+            slot = record.slot
+
+            def released(seconds: float, timed_out: bool) -> None:
+                self._release(record, slot, seconds, timed_out)
+                if status:
+                    self._log(record, status=status, outcome=outcome, ended=failed_at,
+                              released_after_ms=round(seconds * 1000, 2))  # fmt: skip
+
+            exchange.finish(complete=False, released=released)
+            if api_error is not None:
+                raise api_error from None
             raise
 
         record.status = response.status
@@ -328,10 +382,8 @@ class Gateway:
         slot = record.slot
 
         def on_close(body: ProxiedBody) -> None:
-            with self._active_lock:
-                self._active.discard(record)
-            if slot is not None:
-                slot.release()
+            # Called once Ollama has let go of the request (at once for a complete answer).
+            self._release(record, slot, body.released_after, body.release_timed_out)
             if request.path in MUTATION_ROUTES and body.complete:
                 self.catalog.invalidate()
             ttfb = first_byte_at - record.started
@@ -340,9 +392,11 @@ class Gateway:
                 status=response.status,
                 # A cancel that lands after the last byte changed nothing for the client.
                 outcome="cancelled" if record.cancelled and not body.complete else body.outcome,
+                ended=body.closed_at,
                 ttfb=ttfb,
                 eval_count=_eval_count(body.last_chunk),
                 bytes_sent=body.bytes_sent,
+                released_after_ms=None if body.complete else round(body.released_after * 1000, 2),
             )
 
         body = ProxiedBody(
@@ -364,27 +418,31 @@ class Gateway:
             has_content_type=response.header("content-type") is not None,
         )
 
-    def _translate_failure(
-        self, record: Admission, exc: BaseException, first_byte_timeout: float
-    ) -> None:
-        """Raise the API error for a failure before the first byte (ClientGone passes on)."""
+    def _failure(
+        self, exc: BaseException, first_byte_timeout: float
+    ) -> tuple[int, str, errors.ApiError | None]:
+        """Status and outcome for the access log, and the API error for the client, of a
+        failure before the first byte (ClientGone has nobody to answer; others pass on)."""
         if isinstance(exc, ClientGone):
-            self._log(record, status=CLIENT_CLOSED_STATUS, outcome="client_gone_before_first_byte")
-            return
+            return CLIENT_CLOSED_STATUS, "client_gone_before_first_byte", None
         if isinstance(exc, UpstreamUnreachable):
-            self._log(record, status=503, outcome="ollama_unreachable")
-            raise errors.ServiceUnavailable(
-                "Ollama is not reachable; it may be restarting",
-                headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
-            ) from None
+            return (
+                503,
+                "ollama_unreachable",
+                errors.ServiceUnavailable(
+                    "Ollama is not reachable; it may be restarting",
+                    headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+                ),
+            )
         if isinstance(exc, UpstreamTimeout):
-            self._log(record, status=504, outcome="first_byte_timeout")
-            raise errors.UpstreamTimeout(
-                f"Ollama sent no response within {first_byte_timeout:g} s"
-            ) from None
+            return (
+                504,
+                "first_byte_timeout",
+                errors.UpstreamTimeout(f"Ollama sent no response within {first_byte_timeout:g} s"),
+            )
         if isinstance(exc, UpstreamBroken):
-            self._log(record, status=502, outcome="upstream_broken")
-            raise errors.UpstreamError("the connection to Ollama failed") from None
+            return 502, "upstream_broken", errors.UpstreamError("the connection to Ollama failed")
+        return 0, "", None
 
     # --- {"model": "", "keep_alive": 0}
 
@@ -412,8 +470,18 @@ class Gateway:
 
     # --- bookkeeping
 
-    def _log(self, record: Admission, *, status: int, outcome: str, **extra: Any) -> None:
-        duration = self._clock() - record.started
+    def _log(
+        self,
+        record: Admission,
+        *,
+        status: int,
+        outcome: str,
+        ended: float | None = None,
+        **extra: Any,
+    ) -> None:
+        """One access-log line; ``ended`` is when the client's request ended, when that was
+        before now (the line of an early exit is written once Ollama let go)."""
+        duration = (ended if ended is not None else self._clock()) - record.started
         intent = record.intent
         line: dict[str, Any] = {
             "time": _utc_now(),

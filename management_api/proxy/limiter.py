@@ -307,6 +307,7 @@ class Limiter:
         *,
         is_cancelled: Callable[[], bool] | None = None,
         poll_seconds: float = 0.25,
+        watch_queued: Callable[[Callable[[], bool]], Callable[[], None]] | None = None,
     ) -> Slot:
         """Block until the request may run and return its slot.
 
@@ -328,6 +329,9 @@ class Limiter:
         6. ``is_cancelled`` is polled every ``poll_seconds`` while queued; True removes the
            waiter and raises ``AdmissionCancelled``. If a slot was granted in the same instant
            the slot is returned instead; the caller's next disconnect check releases it.
+           ``watch_queued``, when given, is called once if the request has to queue, with a
+           function that cancels the wait (as a True ``is_cancelled`` would, but at once, from
+           any thread); it returns the function that stops its watch, called when the wait ends.
         7. A lowered max_concurrency never pre-empts: running requests finish, and new ones are
            admitted only while in_flight is below the new limit.
 
@@ -337,7 +341,10 @@ class Limiter:
         if poll_seconds <= 0:
             raise ValueError("poll_seconds must be positive")
         ticket = self.submit(model_key)
+        unwatch: Callable[[], None] | None = None
         try:
+            if watch_queued is not None and not ticket.done:
+                unwatch = watch_queued(ticket.cancel)
             return self._await(ticket, is_cancelled, poll_seconds)
         except AdmissionError:
             raise
@@ -345,6 +352,9 @@ class Limiter:
             if not ticket.cancel() and ticket.slot is not None:
                 ticket.slot.release()
             raise
+        finally:
+            if unwatch is not None:
+                unwatch()
 
     def submit(self, model_key: str) -> Ticket:
         """Arrive without blocking (cases 1-3 of ``acquire``); raises ``QueueFull``."""

@@ -3,7 +3,7 @@
 The file (``config/limits.toml`` by default) has three parts::
 
     [defaults]   max_concurrency, max_queue, max_wait_seconds,
-                 first_byte_timeout_seconds, idle_timeout_seconds
+                 first_byte_timeout_seconds, idle_timeout_seconds, release_timeout_seconds
     [global]     max_concurrency (0 = no cap across models)
     [[models]]   match = "<name or glob>" plus any [defaults] key as an override
 
@@ -45,6 +45,9 @@ class ModelLimits:
     max_wait_seconds: float = 300.0
     first_byte_timeout_seconds: float = 600.0
     idle_timeout_seconds: float = 120.0
+    # After an early exit, how long a slot stays taken while Ollama has not yet let go of the
+    # request (it finishes evaluating a cancelled prompt first); then it is released anyway.
+    release_timeout_seconds: float = 30.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

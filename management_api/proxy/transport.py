@@ -5,15 +5,19 @@ One `UpstreamExchange` is one request to Ollama. Its life:
 1. ``send``: take a pooled connection (or open one, retrying connection-refused during the
    restart grace window while the client is still there) and send the request.
 2. ``wait_for_headers``: Ollama sends nothing during queueing, model load and prompt evaluation,
-   so a blocking read would leave us blind to a client that went away. We wait for the upstream
-   socket to become readable in 250 ms steps and look at the client socket between steps; a
-   client that left makes us shut the upstream socket, so Ollama sees the FIN and stops.
+   so a blocking read would leave us blind to a client that went away. One ``select`` waits on
+   the upstream socket, the client's socket and the exchange's wake-up fd together, so a client
+   that leaves (or a cancel from another thread) is acted on at once, not at the next poll.
 3. ``body``: a `ProxiedBody` iterable yields upstream bytes as they arrive (no re-encoding, one
-   flush per upstream read). Streamed bodies are read on the request thread, which waits for
-   upstream in 250 ms steps and watches the client and an idle-read deadline between them; its
-   ``close()`` releases the admission slot and closes upstream exactly once, whether the stream
+   flush per upstream read), read on the request thread with the same three-way wait and an
+   idle-read deadline; its ``close()`` closes the exchange exactly once, whether the stream
    ended, failed, or the client left (PEP 3333: the server calls ``close()`` in every case, even
    when iteration never started).
+4. ``finish``: a response read to its end gives the connection back to the pool. Any early exit
+   instead half-closes it (``shutdown(SHUT_WR)``: Go's HTTP server reads EOF and cancels the
+   request) and hands it to the `SocketWatcher`, which reports when Ollama has closed its side —
+   only then has Ollama stopped working on the request, so only then is its slot given back
+   (bounded by ``release_timeout_seconds``).
 
 Mid-stream failures end the stream with one terminal error in the protocol's own form: an
 NDJSON ``{"error": …}`` line, or an SSE ``data: {"error": …}`` event. Nothing is retried once
@@ -25,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import queue
 import select
 import socket
@@ -36,12 +41,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from management_api.proxy.socket_watch import SocketWatcher
 from management_api.proxy.upstream_response import ProtocolError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
+# How often a client is looked at when its socket cannot be waited on (no socket, or a
+# pipelined request already waiting in it).
 WATCH_INTERVAL_SECONDS = 0.25
 GRACE_RETRY_INTERVAL_SECONDS = 0.25
+DEFAULT_RELEASE_TIMEOUT_SECONDS = 30.0
+# Released is what the caller's callback is told: (seconds Ollama took to let go, timed out).
+Released = Callable[[float, bool], None]
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus what a proxy must set itself.
 HOP_BY_HOP = frozenset(
@@ -130,6 +141,12 @@ class ClientWatch:
     def __init__(self, sock: socket.socket | None) -> None:
         self._sock = sock
         self._gone = False
+        self.pipelined = False  # bytes of a next request are waiting: readability says nothing
+
+    @property
+    def sock(self) -> socket.socket | None:
+        """The socket to wait on together with upstream, while that tells anything."""
+        return None if self._gone or self.pipelined else self._sock
 
     @classmethod
     def from_environ(cls, environ: dict[str, Any]) -> ClientWatch:
@@ -142,6 +159,7 @@ class ClientWatch:
             readable, _, _ = select.select([self._sock], [], [], 0)
             if readable:
                 self._gone = self._sock.recv(1, socket.MSG_PEEK) == b""
+                self.pipelined = not self._gone
         except (OSError, ValueError):
             self._gone = True
         return self._gone
@@ -238,14 +256,39 @@ def request_head(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def _abort_connection(conn: UpstreamConnection) -> None:
-    """Close so that a thread blocked in recv() wakes up and the peer sees FIN at once."""
-    sock = getattr(conn, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+def _close_now(conn: UpstreamConnection) -> None:
     with contextlib.suppress(Exception):
         conn.close()
+
+
+def wait_readable(
+    upstream: socket.socket, watch: ClientWatch, wake_fd: int | None, timeout: float
+) -> str:
+    """Wait until upstream has bytes, the client left, or a cancel came; say which.
+
+    Returns ``"upstream"``, ``"client_gone"``, ``"cancelled"`` or ``"timeout"``. The client's
+    socket is part of the one ``select`` while it can tell anything; otherwise (no socket, or a
+    pipelined request waiting in it) it is looked at every WATCH_INTERVAL_SECONDS.
+    """
+    client = getattr(watch, "sock", None)
+    fds: list[Any] = [upstream]
+    if wake_fd is not None:
+        fds.append(wake_fd)
+    if client is not None:
+        fds.append(client)
+    else:
+        timeout = min(timeout, WATCH_INTERVAL_SECONDS)
+    try:
+        readable, _, _ = select.select(fds, [], [], max(0.0, timeout))
+    except (OSError, ValueError):
+        return "upstream"  # closed under us: the read says how
+    if wake_fd is not None and wake_fd in readable:
+        return "cancelled"
+    if upstream in readable:
+        return "upstream"
+    if (client is None or client in readable) and watch.gone():
+        return "client_gone"
+    return "timeout" if not readable else "again"
 
 
 @dataclass
@@ -254,10 +297,15 @@ class UpstreamExchange:
     watch: ClientWatch
     grace_seconds: float = 10.0
     clock: Callable[[], float] = time.monotonic
+    watcher: SocketWatcher | None = None
+    release_timeout: float = DEFAULT_RELEASE_TIMEOUT_SECONDS
     conn: UpstreamConnection | None = None
     response: UpstreamResponse | None = None
     method: str = "GET"
+    cancelled: bool = False
+    _wake_fd: int | None = None
     _closed: bool = field(default=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(
         self,
@@ -273,6 +321,9 @@ class UpstreamExchange:
         """
         deadline = self.clock() + self.grace_seconds
         replayable = body is None or isinstance(body, bytes)
+        # The fd another thread writes to wake the request thread (a cancel); set before the
+        # first wait, read by abort() after it set `cancelled` (one of them sees the other).
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.method = method
         if isinstance(body, bytes) or body is None:
             length = len(body) if body is not None else None
@@ -316,27 +367,27 @@ class UpstreamExchange:
                 raise UpstreamUnreachable() from exc
 
     def wait_for_headers(self, first_byte_timeout: float) -> UpstreamResponse:
-        """Wait for Ollama's status line while watching the client; return the response."""
+        """Wait for Ollama's status line while watching the client; return the response.
+
+        A failure leaves the connection as it is: the caller's ``finish(complete=False)`` lets
+        go of it (and learns when Ollama has).
+        """
         assert self.conn is not None and self.conn.sock is not None
         sock = self.conn.sock
         deadline = self.clock() + first_byte_timeout
         while True:
+            if self.cancelled:
+                raise UpstreamBroken("cancelled")
             remaining = deadline - self.clock()
             if remaining <= 0:
-                self.abort()
                 raise UpstreamTimeout("no response from Ollama within the first-byte timeout")
-            try:
-                readable, _, _ = select.select(
-                    [sock], [], [], min(WATCH_INTERVAL_SECONDS, remaining)
-                )
-            except (OSError, ValueError) as exc:
-                self.abort()
-                raise UpstreamBroken() from exc
-            if readable:
+            what = wait_readable(sock, self.watch, self._wake_fd, remaining)
+            if what == "upstream":
                 break
-            if self.watch.gone():
-                self.abort()
+            if what == "client_gone":
                 raise ClientGone()
+            if what == "cancelled":
+                raise UpstreamBroken("cancelled")
         try:
             # The status line has started to arrive; the rest follows promptly.
             sock.settimeout(max(1.0, min(30.0, deadline - self.clock())))
@@ -344,34 +395,61 @@ class UpstreamExchange:
             response.read_head()
             self.response = response
         except (OSError, ProtocolError) as exc:
-            self.abort()
             if isinstance(exc, TimeoutError | socket.timeout):
                 raise UpstreamTimeout("Ollama sent an incomplete response head") from exc
             raise UpstreamBroken() from exc
         return self.response
 
-    def abort(self) -> None:
-        if self.conn is not None:
-            _abort_connection(self.conn)
-        self._closed = True
+    @property
+    def wake_fd(self) -> int | None:
+        return self._wake_fd
 
-    def finish(self, *, complete: bool) -> None:
-        """Return the connection to the pool when the body was read to its end, else close it."""
-        if self._closed:
-            return
-        self._closed = True
-        conn, response = self.conn, self.response
-        if conn is None:
-            return
-        reusable = (
-            complete and response is not None and not response.will_close and not response.leftover
-        )
-        if reusable:
+    def abort(self) -> None:
+        """End this exchange from another thread (a cache clear): the request thread wakes up,
+        gives up, and lets go of the connection as after any early exit."""
+        self.cancelled = True
+        fd = self._wake_fd
+        if fd is not None:
             with contextlib.suppress(OSError):
-                conn.sock.settimeout(self.pool.connect_timeout)  # type: ignore[union-attr]
-            self.pool.put(conn)
-        else:
-            _abort_connection(conn)
+                os.eventfd_write(fd, 1)
+
+    def finish(self, *, complete: bool, released: Released | None = None) -> None:
+        """Done with the connection (once). Read to its end: back to the pool (or closed), and
+        ``released(0, False)`` at once. Otherwise half-close it and call ``released`` when
+        Ollama has closed its side, or after ``release_timeout`` with ``timed_out`` True."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            wake_fd, self._wake_fd = self._wake_fd, None
+        if wake_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(wake_fd)
+        conn, response = self.conn, self.response
+        sock = conn.sock if conn is not None else None
+        if conn is None or sock is None:
+            if released is not None:
+                released(0.0, False)
+            return
+        if complete:
+            reusable = response is not None and not response.will_close and not response.leftover
+            if reusable:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(self.pool.connect_timeout)
+                self.pool.put(conn)
+            else:
+                _close_now(conn)
+            if released is not None:
+                released(0.0, False)
+            return
+        conn.sock = None  # the watcher owns it now, and closes it
+        if self.watcher is None:
+            with contextlib.suppress(OSError):
+                sock.close()
+            if released is not None:
+                released(0.0, False)
+            return
+        self.watcher.linger(sock, self.release_timeout, released or (lambda _s, _t: None))
 
 
 # --- the response body
@@ -425,6 +503,9 @@ class ProxiedBody:
         self.first_chunk_at: float | None = None
         self.bytes_sent = 0
         self.last_chunk = b""
+        self.closed_at: float | None = None
+        self.released_after = 0.0  # seconds from close() until Ollama had let go
+        self.release_timed_out = False
 
     def __iter__(self) -> Iterator[bytes]:
         """Relay the body on the request thread, whatever its framing.
@@ -433,23 +514,28 @@ class ProxiedBody:
         deadline between steps. Nothing is read ahead of the client, so a slow client slows
         Ollama down through TCP flow control instead of filling memory here.
         """
-        response = self.exchange.response
+        exchange = self.exchange
+        response = exchange.response
         assert response is not None
-        sock = self.exchange.conn.sock if self.exchange.conn else None
+        sock = exchange.conn.sock if exchange.conn else None
         if sock is not None:
             sock.settimeout(self.idle_timeout)  # bounds a read that finds half a chunk
-        watch = self.exchange.watch
         idle_deadline = time.monotonic() + self.idle_timeout
         while True:
+            if exchange.cancelled:
+                yield from self._give_up("upstream_error", self._cancelled_message())
+                return
             if sock is not None and not response.buffered and not response.complete:
-                try:
-                    readable, _, _ = select.select([sock], [], [], WATCH_INTERVAL_SECONDS)
-                except (OSError, ValueError):
-                    readable = [sock]  # closed under us (an abort): the read says how
-                if not readable:
-                    if watch.gone():
-                        yield from self._give_up("client_gone")
-                        return
+                what = wait_readable(
+                    sock, exchange.watch, exchange.wake_fd, idle_deadline - time.monotonic()
+                )
+                if what == "client_gone":
+                    yield from self._give_up("client_gone")
+                    return
+                if what == "cancelled":
+                    yield from self._give_up("upstream_error", self._cancelled_message())
+                    return
+                if what != "upstream":
                     if time.monotonic() >= idle_deadline:
                         yield from self._give_up("idle_timeout", IDLE_TIMEOUT_MESSAGE)
                         return
@@ -470,6 +556,9 @@ class ProxiedBody:
             idle_deadline = time.monotonic() + self.idle_timeout
             yield self._note(chunk)
 
+    def _cancelled_message(self) -> str:
+        return self._cancel_reason() or "the request was cancelled"
+
     def _note(self, chunk: bytes) -> bytes:
         if self.first_chunk_at is None:
             self.first_chunk_at = time.monotonic()
@@ -479,9 +568,9 @@ class ProxiedBody:
         return chunk
 
     def _give_up(self, outcome: str, message: str | None = None) -> Iterator[bytes]:
-        """Stop relaying: close upstream and, for a stream, send one terminal error."""
+        """Stop relaying (``close()`` lets go of upstream) and, for a stream, send one
+        terminal error."""
         self.outcome = outcome
-        self.exchange.abort()
         if message is not None and self.terminal_error is not None:
             yield self.terminal_error(message)
 
@@ -492,5 +581,11 @@ class ProxiedBody:
             self._closed = True
         if self.outcome == "incomplete":
             self.outcome = "closed_early"  # the client went away, or the reader stopped early
-        self.exchange.finish(complete=self.complete)
+        self.closed_at = time.monotonic()
+        self.exchange.finish(complete=self.complete, released=self._released)
+
+    def _released(self, seconds: float, timed_out: bool) -> None:
+        """Ollama has let go of the request (or the release timeout passed): bookkeeping."""
+        self.released_after = seconds
+        self.release_timed_out = timed_out
         self._on_close(self)

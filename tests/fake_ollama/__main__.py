@@ -67,6 +67,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         action="store_true",
         help="reject foreign Host/Origin headers with 403, as a loopback-bound Ollama does",
     )
+    parser.add_argument(
+        "--prompt-eval-uncancellable",
+        action="store_true",
+        help="a client that leaves during prompt evaluation frees its slot only at the first "
+        "token, as in Ollama (ollama/ollama#11889)",
+    )
     parser.add_argument("--load-seconds", type=_non_negative_float, default=0.05)
     parser.add_argument("--ttft-seconds", type=_non_negative_float, default=0.01)
     parser.add_argument("--tokens-per-second", type=_non_negative_float, default=200.0)
@@ -87,6 +93,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     settings.max_loaded_models = args.max_loaded_models if args.max_loaded_models > 0 else 3
     settings.keep_alive = args.keep_alive
     settings.loopback_checks = args.loopback_checks
+    settings.prompt_eval_uncancellable = args.prompt_eval_uncancellable
     settings.timing.load_seconds = args.load_seconds
     settings.timing.ttft_seconds = args.ttft_seconds
     settings.timing.tokens_per_second = args.tokens_per_second

@@ -30,6 +30,9 @@ class Settings:
     max_loaded_models: int = 3
     keep_alive: float = 300.0  # seconds; math.inf = forever
     loopback_checks: bool = False
+    # Ollama keeps evaluating a cancelled request's prompt until its first token
+    # (ollama/ollama#11889); False = stop at once (the emulator's original behaviour).
+    prompt_eval_uncancellable: bool = False
     timing: Timing = field(default_factory=Timing)
     pull_bytes_per_second: float = 2e9
     context_length: int = 4096

@@ -143,6 +143,8 @@ class ConnectionRecord:
         "path",
         "peer",
         "request_id",
+        "slot_entered_at",
+        "slot_left_at",
         "status",
     )
 
@@ -156,6 +158,9 @@ class ConnectionRecord:
         self.opened_at = time.monotonic()
         self.first_byte_at: float | None = None
         self.closed_at: float | None = None
+        # When this request held one of its model's generation slots (None: it never did).
+        self.slot_entered_at: float | None = None
+        self.slot_left_at: float | None = None
         self.outcome: str | None = None
         self.status: int | None = None
         self.fault: str | None = None
@@ -193,13 +198,18 @@ class Observations:
         self.connections.append(record)
         return record
 
-    def enter_slot(self, model: str) -> None:
+    def enter_slot(self, model: str, record: ConnectionRecord | None = None) -> None:
+        if record is not None:
+            record.model = record.model or model
+            record.slot_entered_at = time.monotonic()
         count = self.in_flight.get(model, 0) + 1
         self.in_flight[model] = count
         if count > self.max_in_flight.get(model, 0):
             self.max_in_flight[model] = count
 
-    def leave_slot(self, model: str) -> None:
+    def leave_slot(self, model: str, record: ConnectionRecord | None = None) -> None:
+        if record is not None:
+            record.slot_left_at = time.monotonic()
         self.in_flight[model] = self.in_flight.get(model, 1) - 1
 
     def snapshot(self) -> dict[str, Any]:

@@ -7,8 +7,10 @@
 * ``POST /_fake/models`` ``{"model", "load_seconds"?, "ttft_seconds"?, "tokens_per_second"?,
   "tokens"?}`` -> that model's timing (404 if the model is unknown)
 * ``GET|POST /_fake/config`` ``{"num_parallel"?, "max_queue"?, "max_loaded_models"?,
-  "loopback_checks"?, "keep_alive"?, "pull_bytes_per_second"?, timing defaults?}`` -> the
-  settings now in force; ``num_parallel`` also resizes the slots of loaded runners
+  "loopback_checks"?, "prompt_eval_uncancellable"?, "keep_alive"?, "pull_bytes_per_second"?,
+  timing defaults?}`` -> the settings now in force; ``num_parallel`` also resizes the slots of
+  loaded runners; ``prompt_eval_uncancellable`` makes a generation whose client leaves during
+  prompt evaluation (``ttft_seconds``) keep its slot until its first token, as Ollama does
 
 Times in observations are ``time.monotonic()`` seconds (CLOCK_MONOTONIC on Linux, shared by
 all processes on the machine, so tests can compare them with their own readings).
@@ -135,6 +137,8 @@ def _configure(emulator: Emulator, body: dict[str, Any]) -> None:
             setattr(settings, key, value)
     if "loopback_checks" in body:
         settings.loopback_checks = bool(body["loopback_checks"])
+    if "prompt_eval_uncancellable" in body:
+        settings.prompt_eval_uncancellable = bool(body["prompt_eval_uncancellable"])
     if "keep_alive" in body:
         settings.keep_alive = parse_keep_alive(body["keep_alive"])
     if "pull_bytes_per_second" in body:
@@ -154,6 +158,7 @@ def _settings_view(emulator: Emulator) -> dict[str, Any]:
         "max_queue": settings.max_queue,
         "max_loaded_models": settings.max_loaded_models,
         "loopback_checks": settings.loopback_checks,
+        "prompt_eval_uncancellable": settings.prompt_eval_uncancellable,
         "keep_alive": -1 if math.isinf(settings.keep_alive) else settings.keep_alive,
         "pull_bytes_per_second": settings.pull_bytes_per_second,
         "context_length": settings.context_length,

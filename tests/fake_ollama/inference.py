@@ -10,6 +10,7 @@ at ``tokens_per_second``, deadline-based so a busy loop catches up instead of dr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -173,19 +174,36 @@ async def _pieces(job: Job, plan: list[tuple[str, str]]) -> AsyncIterator[tuple[
         yield piece
 
 
+async def _evaluate_prompt(state: EmulatorState, seconds: float) -> None:
+    """Prompt evaluation: with ``prompt_eval_uncancellable`` a cancel (the client left) is
+    noticed only once the first token would have been produced, as in Ollama's runner, which
+    checks the request's context between tokens only (ollama/ollama#11889)."""
+    until = time.monotonic() + seconds
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        if not state.settings.prompt_eval_uncancellable:
+            raise
+        while (left := until - time.monotonic()) > 0:
+            with contextlib.suppress(asyncio.CancelledError):  # a second cancel changes nothing
+                await asyncio.sleep(left)
+        raise
+
+
 async def generate_into(
     state: EmulatorState, job: Job, runner: Runner, sink: Sink
 ) -> web.StreamResponse:
     """Run one generation on ``runner`` (already acquired) and render it through ``sink``."""
     loaded_at = time.monotonic()
     plan, reason = _plan(job)
+    record = getattr(getattr(sink, "ex", None), "record", None)
     await runner.slots.acquire()
-    state.obs.enter_slot(job.display)
+    state.obs.enter_slot(job.display, record)
     content: list[str] = []
     thinking: list[str] = []
     try:
         slot_at = time.monotonic()
-        await asyncio.sleep(job.timing.ttft_seconds)
+        await _evaluate_prompt(state, job.timing.ttft_seconds)
         evaluated_at = time.monotonic()
         async for kind, text in _pieces(job, plan):
             (thinking if kind == "thinking" else content).append(text)
@@ -193,7 +211,7 @@ async def generate_into(
         finished_at = time.monotonic()
     finally:
         runner.slots.release()
-        state.obs.leave_slot(job.display)
+        state.obs.leave_slot(job.display, record)
     interval = 1.0 / job.timing.tokens_per_second if job.timing.tokens_per_second > 0 else 0.0
     result = Result(
         done_reason=reason,

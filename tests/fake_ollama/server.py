@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
 
 from . import control_routes, embedding, inference, management, openai_layer
 from .bodies import BodyError, load_json
@@ -363,6 +365,36 @@ async def _finalize_headers(request: web.Request, response: web.StreamResponse) 
         response.headers["Vary"] = "Origin"
 
 
+class _GoConnection(RequestHandler):
+    """A connection that closes the way Go's net/http server does.
+
+    When the client half-closes (``shutdown(SHUT_WR)``) during a request, Go's background read
+    sees EOF and cancels the request's context; the handler keeps running until it notices, and
+    the connection is closed only after it returned. asyncio would instead close the socket at
+    once and cancel the handler afterwards, so a proxy waiting for the close would hear it
+    before the emulator had stopped working on the request.
+    """
+
+    def eof_received(self) -> bool | None:
+        task = self._task_handler
+        if self._request_in_progress and task is not None and not task.done():
+            task.cancel()  # aiohttp's force_close() closes the transport once the handler ended
+            return True  # keep the half-open connection until then
+        return None  # idle keep-alive connection: close now
+
+
+class _GoServer(Server):
+    def __call__(self) -> RequestHandler:
+        return _GoConnection(self, loop=self._loop, **self._kwargs)
+
+
+class _GoRunner(web.AppRunner):
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        server.__class__ = _GoServer  # same state, one method replaced
+        return server
+
+
 def build_app(emulator: Emulator) -> web.Application:
     app = web.Application(client_max_size=1 << 30)
     app.router.add_route("*", "/{tail:.*}", emulator.handle)
@@ -373,7 +405,7 @@ def build_app(emulator: Emulator) -> web.Application:
 async def start(settings: Settings) -> tuple[web.AppRunner, Emulator, int]:
     """Start listening; returns the runner (for cleanup), the emulator and the real port."""
     emulator = Emulator(settings)
-    runner = web.AppRunner(
+    runner = _GoRunner(
         build_app(emulator),
         handler_cancellation=True,  # a client disconnect cancels its handler at once
         access_log=None,
