@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 
@@ -83,3 +84,46 @@ def test_close_while_waiting_for_a_slot(fake: FakeOllama) -> None:
     observations = fake.observations()
     assert observations["max_in_flight"] == {"llama3.2:1b": 1}
     assert observations["in_flight"] == {"llama3.2:1b": 0}
+
+
+def _half_close_during_prompt_eval(fake: FakeOllama, request_id: str) -> tuple[float, float]:
+    """Start a stream, half-close once it holds a slot; (half-closed at, EOF seen at)."""
+    host, port = fake.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    body = json.dumps({"model": "llama3.2:1b", "prompt": "p"}).encode()
+    sock.sendall(
+        f"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-Request-ID: {request_id}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    fake.wait_for(lambda: any(c["request_id"] == request_id and c["slot_entered_at"]
+                              for c in fake.observations()["connections"]))  # fmt: skip
+    half_closed = time.monotonic()
+    sock.shutdown(socket.SHUT_WR)
+    sock.settimeout(10)
+    while sock.recv(65536):
+        pass
+    eof = time.monotonic()
+    sock.close()
+    return half_closed, eof
+
+
+@pytest.mark.parametrize("uncancellable", [False, True])
+def test_half_close_cancels_and_the_connection_closes_after_the_work_stopped(
+    fake: FakeOllama, uncancellable: bool
+) -> None:
+    """Go's server: EOF cancels the request; the connection closes once the handler returned,
+    so the slot is free before the client sees the close. Ollama's runner finishes prompt
+    evaluation first (ollama/ollama#11889) when `prompt_eval_uncancellable` is on."""
+    fake.configure(prompt_eval_uncancellable=uncancellable)
+    fake.set_model("llama3.2:1b", ttft_seconds=1.0)
+    rid = f"half-close-{uncancellable}"
+    half_closed, eof = _half_close_during_prompt_eval(fake, rid)
+    record = next(c for c in fake.observations()["connections"] if c["request_id"] == rid)
+    assert record["outcome"] == "client_closed"
+    assert record["slot_left_at"] <= eof
+    assert fake.observations()["in_flight"]["llama3.2:1b"] == 0
+    if uncancellable:
+        assert record["slot_left_at"] - record["slot_entered_at"] >= 0.9
+    else:
+        assert eof - half_closed < 0.5
