@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import socket
 import threading
@@ -10,7 +12,9 @@ import time
 import pytest
 import requests
 
+from tests.fake_ollama.config import Settings
 from tests.fake_ollama.harness import FakeOllama
+from tests.fake_ollama.server import start
 
 
 def body(model: str = "llama3.2:1b", **extra: object) -> dict:
@@ -127,3 +131,66 @@ def test_half_close_cancels_and_the_connection_closes_after_the_work_stopped(
         assert record["slot_left_at"] - record["slot_entered_at"] >= 0.9
     else:
         assert eof - half_closed < 0.5
+
+
+def test_a_fin_before_the_handler_started_still_waits_for_the_handler() -> None:
+    """The FIN right behind a request can be read before aiohttp has started the request's
+    handler task. Go's server still closes only after the handler returned; the emulator once
+    closed at once there (`make chaos` caught it: the proxy freed a slot while the emulator
+    still evaluated the prompt). The request and the EOF are fed to a real connection exactly
+    at that moment."""
+
+    async def scenario() -> tuple[float | None, int | None, list[dict]]:
+        settings = Settings(port=0, prompt_eval_uncancellable=True)
+        settings.timing = dataclasses.replace(settings.timing, ttft_seconds=0.3)
+        runner, emulator, port = await start(settings)
+        loop = asyncio.get_running_loop()
+        # Load the model first, so the handler reaches its slot without waiting for a load.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        load = b'{"model": "llama3.2:1b"}'
+        writer.write(
+            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(load), load)
+        )
+        await reader.read()
+        writer.close()
+        ours, theirs = socket.socketpair()
+        protocol = runner.server()
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=ours)
+        payload = json.dumps({"model": "llama3.2:1b", "prompt": "p"}).encode()
+        request = (
+            f"POST /api/generate HTTP/1.1\r\nHost: x\r\nX-Request-ID: fin-first\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        theirs.shutdown(socket.SHUT_WR)
+        protocol.data_received(request)
+        # One loop turn: aiohttp's connection task takes the request and creates the handler's
+        # task, which has not run yet when the EOF is read.
+        await asyncio.sleep(0)
+        if not protocol.eof_received():  # what asyncio's transport does with the answer
+            transport.close()
+        theirs.setblocking(False)
+        eof_at, busy_at_eof = None, None
+        deadline = time.monotonic() + 5
+        while eof_at is None and time.monotonic() < deadline:
+            try:
+                if theirs.recv(65536) == b"":
+                    eof_at = time.monotonic()
+                    busy_at_eof = emulator.state.obs.in_flight.get("llama3.2:1b", 0)
+            except BlockingIOError:
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.4)  # a handler that (wrongly) ran on has finished by now
+        records = [c.to_dict() for c in emulator.state.obs.connections]
+        theirs.close()
+        await runner.cleanup()
+        return eof_at, busy_at_eof, records
+
+    eof_at, busy_at_eof, records = asyncio.run(scenario())
+    assert eof_at is not None
+    # When the client sees the close, the emulator works on nothing (it either never started
+    # the handler, or closed after it ended).
+    assert busy_at_eof == 0, records
+    for record in records:
+        if record["slot_entered_at"] is not None:
+            assert record["slot_left_at"] <= eof_at, record

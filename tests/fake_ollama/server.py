@@ -377,7 +377,11 @@ class _GoConnection(RequestHandler):
 
     def eof_received(self) -> bool | None:
         task = self._task_handler
-        if self._request_in_progress and task is not None and not task.done():
+        waiting = self._waiter  # set while the connection waits for its next request
+        idle = waiting is not None and not waiting.done() and not self._messages
+        if task is not None and not task.done() and not idle:
+            # A request was read and is being (or about to be) handled: the FIN can arrive
+            # before its handler task has even started, and must not close the socket then.
             task.cancel()  # aiohttp's force_close() closes the transport once the handler ended
             return True  # keep the half-open connection until then
         return None  # idle keep-alive connection: close now
