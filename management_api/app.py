@@ -19,6 +19,7 @@ from management_api.routes import (
     ollama_api,
     openai_api,
     stats,
+    tasks,
 )
 from management_api.routes.fast_path import InferenceFastPath
 from management_api.services import Services
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(healing.bp)
     app.register_blueprint(stats.bp)
     app.register_blueprint(hermes_api.bp)
+    app.register_blueprint(tasks.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(ollama_api.bp)

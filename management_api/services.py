@@ -25,6 +25,9 @@ from management_api.proxy.gateway import Gateway
 from management_api.proxy.limiter import Limiter
 from management_api.proxy.limits_config import LimitsReloader
 from management_api.settings import Settings
+from management_api.tasks.breaker import BreakerBoard
+from management_api.tasks.orchestrator import Orchestrator
+from management_api.tasks.reloader import TasksReloader
 from management_api.telemetry import Sampler, create_sampler, read_platform
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ class Services:
     health: HealthChecker
     healer: Healer
     pulls: PullManager
+    tasks: TasksReloader
+    orchestrator: Orchestrator
     started_at: float = field(default_factory=time.time)
     _stoppers: list[Callable[[], None]] = field(default_factory=list)
     _starters: list[Callable[[], None]] = field(default_factory=list)
@@ -112,12 +117,23 @@ class Services:
             models_dir=settings.models_dir,
             min_free_bytes=round(settings.pull_min_free_gb * 1_000_000_000),
         )
+        breakers = BreakerBoard()
+        tasks = TasksReloader(
+            settings.tasks_file,
+            interval_seconds=settings.limits_reload_seconds,
+            on_apply=lambda config: breakers.configure(config.breaker),
+        )
+        tasks.load_initial()  # a broken tasks file at start-up stops the service
+        orchestrator = Orchestrator(
+            gateway=gateway, limiter=limiter, catalog=catalog, breakers=breakers, observer=metrics
+        )
         metrics.registry.register(
             StateCollector(
                 limiter_snapshot=limiter.snapshot,
                 telemetry=sampler.latest,
                 ollama_up=lambda: probe.run().reachable,
                 pulls=pulls.counts,
+                breakers=breakers.snapshot,
             )
         )
         services = cls(
@@ -133,11 +149,14 @@ class Services:
             health=health,
             healer=healer,
             pulls=pulls,
+            tasks=tasks,
+            orchestrator=orchestrator,
             started_at=started_at,
         )
         services.on_start(reloader.start, reloader.stop)
         services.on_start(sampler.start, sampler.stop)
         services.on_start(pulls.start, pulls.stop)
+        services.on_start(tasks.start, tasks.stop)
         # Further services (pull jobs, healing, metrics) register here, in dependency order.
         return services
 
@@ -161,6 +180,7 @@ class Services:
                 stopper()
             except Exception:
                 log.exception("stopping a background service failed")
+        self.orchestrator.close()
         self.gateway.close()
         self.probe.close()
         self.ollama.close()

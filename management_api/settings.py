@@ -228,6 +228,8 @@ SETTINGS: tuple[Setting, ...] = (
             "per-model concurrency limits (TOML); relative paths are relative to the project"),
     Setting("limits_reload_seconds", "LLM_LIMITS_RELOAD_SECONDS", 2, positive_seconds,
             "how often the limits file is checked for changes, seconds"),
+    Setting("tasks_file", "LLM_TASKS_FILE", "config/tasks.toml", path_value,
+            "tasks for POST /v1/infer (TOML; reloaded like the limits file)"),
     Setting("log_dir", "LLM_LOG_DIR", "logs", path_value,
             "service logs; the Ollama log read by the health check lives here"),
     Setting("worker_threads", "LLM_WORKER_THREADS", 256, positive_int,
@@ -284,6 +286,7 @@ class Settings:
     model_cache_ttl: float
     limits_file: Path
     limits_reload_seconds: float
+    tasks_file: Path
     log_dir: Path
     worker_threads: int
     upstream_connect_timeout: float

@@ -42,6 +42,7 @@ _MUTATION_EXACT = {
     ("POST", "/api/gpu/recover"),
     ("POST", "/api/session/reset"),
     ("POST", "/api/limits/reload"),
+    ("POST", "/api/tasks/reload"),
     # Ollama's own mutations, reachable through the pass-through.
     ("POST", "/api/pull"),
     ("POST", "/api/push"),

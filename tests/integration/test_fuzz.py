@@ -127,6 +127,9 @@ SWEEP_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/v1/llm/{model}/stream", {"path_parameters": {"model": "llama3.2:1b"},
                                         "body": {"prompt": "hi"}}),
     ("GET", "/v1/status", {}),
+    ("POST", "/v1/infer", {"body": {"task": "recovery_plan", "input": "disk full"}}),
+    ("GET", "/v1/tasks", {}),
+    ("POST", "/api/tasks/reload", {}),
 ]  # fmt: skip
 
 
@@ -139,6 +142,7 @@ READS_ITS_BODY = {
     ("POST", "/api/session/reset"),
     ("POST", "/v1/llm/{model}"),
     ("POST", "/v1/llm/{model}/stream"),
+    ("POST", "/v1/infer"),
 }
 
 
@@ -221,7 +225,12 @@ def _cancel_pulls(service: ServiceProcess) -> None:
 
 
 def no_server_error(ctx, response, case) -> None:
-    """No 5xx, except the 501 a hard reset answers where no supervisord runs (as here)."""
+    """No 5xx, except the 501 a hard reset answers where no supervisord runs (as here), and
+    the 504 of a task request whose caller chose a deadline too short for any answer."""
+    if response.status_code == 504 and case.operation.label == "POST /v1/infer":
+        body = response.json()
+        assert body["type"] == "deadline_exceeded" and case.body.get("deadline_ms"), body
+        return
     if response.status_code == 501 and case.operation.label == "POST /api/session/reset":
         body = response.json()
         assert body["type"] == "not_implemented" and case.body.get("hard") is True, body
@@ -324,7 +333,7 @@ def test_contract_holds_for_refused_keys(auth_service):
             expected = 503  # nothing listens at OLLAMA_URL here
         assert status == expected, label
     mutations = [entry for entry in SWEEP_REQUESTS if is_mutation(entry[0], entry[1])]
-    assert len(mutations) == 9
+    assert len(mutations) == 10
     statuses = _sweep(auth_service.management_url, mutations, headers={"X-API-Key": USER_KEY})
     assert set(statuses.values()) == {403}, statuses
 

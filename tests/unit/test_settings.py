@@ -43,6 +43,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
         "LLM_MODEL_CACHE_TTL": "0",
         "LLM_LIMITS_FILE": str(tmp_path / "limits.toml"),
         "LLM_LIMITS_RELOAD_SECONDS": "0.5",
+        "LLM_TASKS_FILE": str(tmp_path / "tasks.toml"),
         "LLM_LOG_DIR": "var/log",
         "LLM_WORKER_THREADS": "64",
         "LLM_UPSTREAM_CONNECT_TIMEOUT": "1.5",
@@ -73,6 +74,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
     assert s.stats_interval == 2.5 and s.model_cache_ttl == 0
     assert s.limits_file == tmp_path / "limits.toml"
     assert s.limits_reload_seconds == 0.5
+    assert s.tasks_file == tmp_path / "tasks.toml"
     assert s.log_dir == PROJECT_ROOT / "var" / "log"
     assert s.worker_threads == 64
     assert (s.upstream_connect_timeout, s.upstream_read_timeout) == (1.5, 10)
