@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from management_api import names
+from management_api.cache.service import ResponseCache
 from management_api.health.checks import HealthChecker, OllamaProbe
 from management_api.health.healing import Healer
 from management_api.metrics import Metrics, StateCollector
@@ -44,6 +45,7 @@ class Services:
     health: HealthChecker
     healer: Healer
     pulls: PullManager
+    cache: ResponseCache | None = None  # None when LLM_CACHE_MAX_MB is 0
     started_at: float = field(default_factory=time.time)
     _stoppers: list[Callable[[], None]] = field(default_factory=list)
     _starters: list[Callable[[], None]] = field(default_factory=list)
@@ -80,6 +82,16 @@ class Services:
             grace_seconds=settings.upstream_grace_seconds,
             observer=metrics,
         )
+        cache = None
+        if settings.cache_max_mb > 0:
+            cache = ResponseCache(
+                max_bytes=round(settings.cache_max_mb * 1024 * 1024),
+                ttl_seconds=settings.cache_ttl_seconds,
+                digest_of=catalog.digest,
+                log_served=gateway.log_served,
+                observer=metrics,
+            )
+            gateway.response_cache = cache
         sampler = create_sampler(
             interval=settings.stats_interval,
             models_dir=settings.models_dir,
@@ -118,6 +130,7 @@ class Services:
                 telemetry=sampler.latest,
                 ollama_up=lambda: probe.run().reachable,
                 pulls=pulls.counts,
+                cache=cache.store.counts if cache is not None else None,
             )
         )
         services = cls(
@@ -133,6 +146,7 @@ class Services:
             health=health,
             healer=healer,
             pulls=pulls,
+            cache=cache,
             started_at=started_at,
         )
         services.on_start(reloader.start, reloader.stop)
