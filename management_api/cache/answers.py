@@ -173,6 +173,8 @@ def render(answer: Answer, shape: str) -> tuple[str, list[bytes]] | None:
         if shape in (SSE, SSE_USAGE):
             return answer.content_types[shape], _pieces(body, b"\n\n")
         return answer.content_types[shape], [body]
+    if answer.kind in ("openai_chat", "openai_completions"):
+        return _render_openai(answer, shape)
     if answer.kind not in ("generate", "chat"):
         return None
     if shape == JSON and NDJSON in answer.raws:
@@ -258,3 +260,104 @@ def _object_to_stream(kind: str, whole: dict[str, Any]) -> list[dict[str, Any]]:
     final = dict(whole)
     final.update(created_at=now, message={"role": role, "content": ""})
     return [*lines, final]
+
+
+# --- the OpenAI layer: chat.completion / text_completion objects and their SSE chunks
+
+
+@dataclass
+class _OpenAIParts:
+    head: dict[str, Any]  # id, model, system_fingerprint
+    pieces: list[tuple[str, str]]  # ("content" | "reasoning", text), in order
+    finish_reason: str
+    usage: dict[str, Any] | None
+
+
+def _openai_parts(kind: str, shape: str, raw: bytes) -> _OpenAIParts | None:
+    if shape == JSON:
+        lines = _json_lines(raw)
+        if not lines or not isinstance(lines[0].get("choices"), list) or not lines[0]["choices"]:
+            return None
+        body, choice = lines[0], lines[0]["choices"][0]
+        if kind == "openai_chat":
+            message = choice.get("message") or {}
+            if message.get("tool_calls"):
+                return None
+            pieces = [("reasoning", message.get("reasoning") or ""),
+                      ("content", message.get("content") or "")]  # fmt: skip
+        else:
+            pieces = [("content", choice.get("text") or "")]
+        return _OpenAIParts(_openai_head(body), [p for p in pieces if p[1]],
+                            str(choice.get("finish_reason")), body.get("usage"))  # fmt: skip
+    payloads = _sse_payloads(raw)
+    if not payloads:
+        return None
+    pieces, finish, usage = [], None, None
+    for payload in payloads:
+        if payload.get("usage") is not None:
+            usage = payload["usage"]
+        for choice in payload.get("choices") or []:
+            if kind == "openai_chat":
+                delta = choice.get("delta") or {}
+                if delta.get("tool_calls"):
+                    return None
+                pieces += [(name, delta[name]) for name in ("reasoning", "content")
+                           if isinstance(delta.get(name), str) and delta[name]]  # fmt: skip
+            elif isinstance(choice.get("text"), str) and choice["text"]:
+                pieces.append(("content", choice["text"]))
+            if choice.get("finish_reason") is not None:
+                finish = str(choice["finish_reason"])
+    if finish is None:
+        return None
+    return _OpenAIParts(_openai_head(payloads[0]), pieces, finish, usage)
+
+
+def _openai_head(body: dict[str, Any]) -> dict[str, Any]:
+    return {name: body.get(name) for name in ("id", "model", "system_fingerprint")}
+
+
+def _render_openai(answer: Answer, shape: str) -> tuple[str, list[bytes]] | None:
+    parts = None
+    # Prefer a stored shape that carries usage (a JSON answer, or a stream with usage).
+    for source in (JSON, SSE_USAGE, SSE):
+        if source in answer.raws:
+            parts = _openai_parts(answer.kind, source, answer.raws[source])
+            if parts is not None and (parts.usage is not None or shape == SSE):
+                break
+    if parts is None or (parts.usage is None and shape != SSE):
+        return None
+    chat = answer.kind == "openai_chat"
+    created = int(time.time())
+    obj = "chat.completion" if chat else "text_completion"
+
+    def frame(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        head = parts.head
+        return {"id": head["id"], "object": obj + (".chunk" if chat and shape != JSON else ""),
+                "created": created, "model": head["model"],
+                "system_fingerprint": head["system_fingerprint"], "choices": choices,
+                **extra}  # fmt: skip
+
+    if shape == JSON:
+        text = "".join(t for name, t in parts.pieces if name == "content")
+        if chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            reasoning = "".join(t for name, t in parts.pieces if name == "reasoning")
+            if reasoning:
+                message["reasoning"] = reasoning
+            choice = {"index": 0, "message": message, "finish_reason": parts.finish_reason}
+        else:
+            choice = {"text": text, "index": 0, "finish_reason": parts.finish_reason}
+        return OPENAI_JSON_TYPE, [_dump(frame([choice], usage=parts.usage))]
+    events: list[dict[str, Any]] = []
+    if chat:
+        events.append(frame([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]))
+        events += [frame([{"index": 0, "delta": {name: text}, "finish_reason": None}])
+                   for name, text in parts.pieces]  # fmt: skip
+        events.append(frame([{"index": 0, "delta": {}, "finish_reason": parts.finish_reason}]))
+    else:
+        events += [frame([{"text": text, "index": 0, "finish_reason": None}])
+                   for _, text in parts.pieces]  # fmt: skip
+        events.append(frame([{"text": "", "index": 0, "finish_reason": parts.finish_reason}]))
+    if shape == SSE_USAGE:
+        events.append(frame([], usage=parts.usage))
+    return SSE_TYPE, [b"data: " + _dump(event) + b"\n\n" for event in events] + [SSE_DONE + b"\n\n"]

@@ -28,6 +28,7 @@ from management_api.cache.answers import Answer, finish_reason, render
 from management_api.cache.embeddings import EmbedItem, compose_answer, split_answer
 from management_api.cache.policy import (
     JSON,
+    NDJSON,
     NO_CACHE,
     NO_STORE,
     Plan,
@@ -75,26 +76,64 @@ class _Flight:
         self.waiters = 0
 
 
+def _may_end(shape: str, chunk: bytes) -> bool:
+    """Whether a relayed chunk may hold the end of an answer (checked properly only then)."""
+    if shape == JSON:
+        return chunk.rstrip().endswith(b"}")
+    if shape == NDJSON:
+        last_line = chunk[chunk.rfind(b"\n", 0, len(chunk) - 1) + 1 :]
+        return chunk.endswith(b"\n") and b'"done":true' in last_line
+    return chunk.endswith(b"data: [DONE]\n\n")
+
+
 class _Recorder:
-    """The relayed body, recorded as it passes; `on_close` gets the whole body once it was
-    relayed completely (None when cut, failed, or larger than `limit`)."""
+    """The relayed body, recorded as it passes (nothing is read ahead of the client).
+
+    `on_end` is called exactly once: with the whole body as soon as it holds a finished answer
+    (before its last chunk is handed on, so a caller that repeats the request at once finds it
+    stored), else at ``close()`` with the body when it was relayed completely, or None when it
+    was cut, failed, or grew past `limit`.
+    """
 
     def __init__(
-        self, body: Iterable[bytes], limit: int, on_close: Callable[[bytes | None], None]
+        self,
+        body: Iterable[bytes],
+        *,
+        shape: str,
+        kind: str,
+        limit: int,
+        on_end: Callable[[bytes | None], None],
     ) -> None:
         self._body = body
+        self._shape = shape
+        self._kind = kind
         self._limit = limit
-        self._on_close = on_close
+        self._on_end = on_end
         self._parts: list[bytes] = []
         self._size = 0
+        self._ended = False
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._body:
-            if self._size <= self._limit:
+            if not self._ended and self._size <= self._limit:
                 self._size += len(chunk)
                 self._parts.append(chunk)
+                if self._size <= self._limit and _may_end(self._shape, chunk):
+                    body = b"".join(self._parts)
+                    if finish_reason(self._kind, self._shape, body) is not None:
+                        self._end(body)
             yield chunk
+
+    def _end(self, body: bytes | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._parts = []
+        try:
+            self._on_end(body)
+        except Exception:
+            log.exception("recording a cached answer failed")
 
     def close(self) -> None:
         if self._closed:
@@ -106,12 +145,7 @@ class _Recorder:
                 close()
         finally:
             complete = getattr(self._body, "complete", False) and self._size <= self._limit
-            body = b"".join(self._parts) if complete else None
-            self._parts = []
-            try:
-                self._on_close(body)
-            except Exception:
-                log.exception("recording a cached answer failed")
+            self._end(b"".join(self._parts) if complete else None)
 
 
 def _with_header(response: ForwardedResponse, result: str) -> ForwardedResponse:
@@ -308,7 +342,8 @@ class ResponseCache:
                 assert plan.key is not None
                 self._land(plan.key, flight, answer)
 
-        body = _Recorder(response.body, self.store.max_bytes // 4, recorded)
+        body = _Recorder(response.body, shape=plan.shape, kind=plan.intent.kind,
+                         limit=self.store.max_bytes // 4, on_end=recorded)  # fmt: skip
         return dataclasses.replace(
             response, headers=[*response.headers, (HEADER, result)], body=body
         )

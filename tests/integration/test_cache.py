@@ -153,8 +153,32 @@ def test_openai_chat_is_cached_in_its_own_shape(svc, emulator):
     ]
     texts = ["".join(c.choices[0].delta.content or "" for c in s if c.choices) for s in chunks]
     assert texts[0] == texts[1] == first.choices[0].message.content
-    # JSON once, SSE once (an OpenAI stream cannot be rebuilt from the JSON answer); then hits.
-    assert len(_upstream(emulator, "/v1/chat/completions")) == 2
+    # The stream was rebuilt from the JSON answer, and with usage when asked for.
+    streamed = client.chat.completions.create(
+        model=CHAT_MODEL,
+        messages=messages,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    usage = [c.usage for c in streamed if c.usage is not None]
+    assert usage == [first.usage]
+    assert len(_upstream(emulator, "/v1/chat/completions")) == 1
+    # A stream first, without usage: the JSON answer cannot be rebuilt from it (one more call).
+    other = [{"role": "user", "content": "Say goodbye."}]
+    stream = client.chat.completions.create(
+        model=CHAT_MODEL, messages=other, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    raw = client.chat.completions.with_raw_response.create(
+        model=CHAT_MODEL, messages=other, temperature=0
+    )
+    assert raw.headers["X-Cache"] == "MISS"
+    assert len(_upstream(emulator, "/v1/chat/completions")) == 3
+    again = client.chat.completions.with_raw_response.create(
+        model=CHAT_MODEL, messages=other, temperature=0, stream=True
+    )
+    assert again.headers["X-Cache"] == "HIT"
 
 
 def test_omitted_or_nonzero_temperature_is_never_cached(svc, emulator):
@@ -407,3 +431,33 @@ def test_byte_cap_evicts_the_least_recently_used(emulator, tmp_path_factory):
         assert _chat(small, "Kept entry.").headers["X-Cache"] == "HIT"
         assert _chat(small, "Oldest entry.", stream=True).headers["X-Cache"] == "MISS"
         small.assert_alive()
+
+
+def test_errors_and_cut_or_length_answers_are_never_stored(svc, emulator):
+    emulator.fault("status", route="/api/chat", status=500)
+    failed = _chat(svc, "Never stored.")
+    assert failed.status_code == 500 and failed.headers["X-Cache"] == "MISS"
+    emulator.fault("error_line", route="/api/chat", after_chunks=2)
+    cut = _chat(svc, "Never stored.", stream=True)
+    assert cut.headers["X-Cache"] == "MISS" and '"error"' in cut.text.splitlines()[-1]
+    # num_predict below the answer's length: done_reason "length".
+    short = [_chat(svc, "Cut short.", options={"temperature": 0, "num_predict": 2}) for _ in "ab"]
+    assert [r.json()["done_reason"] for r in short] == ["length", "length"]
+    assert [r.headers["X-Cache"] for r in short] == ["MISS", "MISS"]
+    assert requests.get(svc.management_url + "/api/cache", timeout=5).json()["entries"] == 0
+    assert _chat(svc, "Never stored.").headers["X-Cache"] == "MISS"
+    assert len(_upstream(emulator, "/api/chat")) == 5
+
+
+def test_the_flask_path_serves_hits_too(svc, emulator):
+    # A chunked body (no Content-Length) goes through Flask rather than the fast path.
+    body = json.dumps(
+        {"model": CHAT_MODEL, "prompt": "Chunked.", "stream": False, "options": {"temperature": 0}}
+    ).encode()
+    answers = [
+        requests.post(svc.proxy_url + "/api/generate", data=iter([body]), timeout=30)
+        for _ in range(2)
+    ]
+    assert [a.headers["X-Cache"] for a in answers] == ["MISS", "HIT"]
+    assert answers[0].json()["response"] == answers[1].json()["response"]
+    assert len(_upstream(emulator, "/api/generate")) == 1

@@ -203,9 +203,42 @@ def test_a_stream_renders_as_one_object_and_back():
     assert lines[-1]["done"] is True and lines[-1]["message"]["content"] == ""
 
 
-def test_openai_shapes_are_not_converted():
-    answer = Answer("openai_chat", {"json": b"{}"}, {"json": "application/json"})
-    assert render(answer, "sse") is None
+OPENAI_JSON = json.dumps({
+    "id": "chatcmpl-7", "object": "chat.completion", "created": 1, "model": "m",
+    "system_fingerprint": "fp_ollama",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+}).encode()  # fmt: skip
+
+
+def _events(pieces: list[bytes]) -> list[dict]:
+    assert pieces[-1] == b"data: [DONE]\n\n"
+    return [json.loads(p.removeprefix(b"data: ")) for p in pieces[:-1]]
+
+
+def test_an_openai_answer_renders_as_sse_and_back():
+    answer = Answer("openai_chat", {"json": OPENAI_JSON}, {"json": "application/json"})
+    content_type, pieces = render(answer, "sse+usage")
+    assert content_type == "text/event-stream"
+    events = _events(pieces)
+    assert {e["object"] for e in events} == {"chat.completion.chunk"}
+    assert {e["id"] for e in events} == {"chatcmpl-7"} and events[0]["created"] > 1
+    assert events[0]["choices"][0]["delta"] == {"role": "assistant"}
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert text == "Hello"
+    assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1] == "stop"
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["total_tokens"] == 5
+    assert finish_reason("openai_chat", "sse+usage", b"".join(pieces)) == "stop"
+    # Without include_usage there is no usage chunk.
+    assert all("usage" not in e for e in _events(render(answer, "sse")[1]))
+    # A stream with usage gives the JSON object back; one without cannot.
+    with_usage = Answer("openai_chat", {"sse+usage": b"".join(pieces)}, {})
+    assert json.loads(render(with_usage, "json")[1][0])["choices"][0]["message"]["content"] == (
+        "Hello"
+    )
+    without = Answer("openai_chat", {"sse": b"".join(render(answer, "sse")[1])}, {})
+    assert render(without, "json") is None and render(without, "sse+usage") is None
 
 
 # --- embeddings
@@ -228,3 +261,33 @@ def test_split_and_compose_keep_order_and_values():
     assert list(body) == ["model", "embeddings", "total_duration", "load_duration",
                           "prompt_eval_count"]  # fmt: skip
     assert split_answer(["x"], answer) is None  # counts differ: not split
+
+
+def test_the_recorder_stores_a_finished_answer_before_its_last_chunk_goes_out():
+    from management_api.cache.service import _Recorder
+
+    ended: list[bytes | None] = []
+
+    class Body(list):
+        complete = True
+
+    lines = NDJSON.splitlines(keepends=True)
+    recorder = _Recorder(Body(lines), shape="ndjson", kind="chat", limit=1 << 20,
+                         on_end=ended.append)  # fmt: skip
+    relayed = []
+    for chunk in recorder:
+        relayed.append(chunk)
+        if len(relayed) == len(lines) - 1:
+            assert ended == []
+    assert ended == [NDJSON]  # before the last chunk was handed on
+    recorder.close()
+    assert ended == [NDJSON] and b"".join(relayed) == NDJSON
+
+    class CutBody(list):
+        complete = False  # what ProxiedBody says when upstream failed part-way
+
+    cut = _Recorder(CutBody(lines[:2]), shape="ndjson", kind="chat", limit=1 << 20,
+                    on_end=ended.append)  # fmt: skip
+    list(cut)
+    cut.close()
+    assert ended[-1] is None  # the stream never finished: nothing to keep
