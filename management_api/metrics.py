@@ -70,7 +70,7 @@ class Metrics:
 
     # CacheObserver (cache/service.py); routes are inference routes only: a bounded label
     def on_cache_result(self, route: str, result: str) -> None:
-        self.cache_requests.labels(route, result).inc()
+        self.cache_requests.labels(route, result.lower()).inc()  # hit, miss, bypass, coalesced
 
     # RequestObserver
     def on_request_done(self, record: dict[str, Any]) -> None:

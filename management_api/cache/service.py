@@ -504,6 +504,7 @@ class ResponseCache:
             totals = dict(self._totals)
             counts = {k: dict(v) for k, v in self._counts.items()}
             in_flight = len(self._flights)
+            waiting = sum(flight.waiters for flight in self._flights.values())
         rows = []
         for route, model in sorted(set(counts) | set(stored["groups"])):
             group = stored["groups"].get((route, model), {"entries": 0, "bytes": 0})
@@ -519,6 +520,7 @@ class ResponseCache:
             "evictions": stored["evictions"],
             "expirations": stored["expirations"],
             "in_flight": in_flight,
+            "waiting": waiting,
             **_results(totals),
             "routes": rows,
         }

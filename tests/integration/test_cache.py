@@ -307,6 +307,37 @@ def test_identical_concurrent_requests_make_one_upstream_call(svc, emulator):
         texts.add("".join(line["response"] for line in lines))
         assert lines[-1]["done_reason"] == "stop"
     assert len(texts) == 1
+    status = requests.get(svc.management_url + "/api/cache", timeout=5).json()
+    assert (status["in_flight"], status["waiting"]) == (0, 0)
+
+
+def test_a_waiting_client_that_leaves_is_dropped(svc, emulator):
+    emulator.set_model(CHAT_MODEL, ttft_seconds=2.0)
+    first = threading.Thread(target=_chat, args=(svc, "Slow answer."))
+    first.start()
+    emulator.wait_for(lambda: len(_upstream(emulator, "/api/chat")) == 1, timeout=10)
+
+    def cache() -> dict:
+        return requests.get(svc.management_url + "/api/cache", timeout=5).json()
+
+    with pytest.raises(requests.Timeout):
+        requests.post(
+            svc.proxy_url + "/api/chat",
+            json={"model": CHAT_MODEL, "messages": [{"role": "user", "content": "Slow answer."}],
+                  "stream": False, "options": {"temperature": 0}},
+            timeout=0.5,
+        )  # fmt: skip
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if not cache()["waiting"] and '"outcome":"client_gone_coalescing"' in svc.output():
+            break
+        time.sleep(0.05)
+    assert '"status":499,"outcome":"client_gone_coalescing"' in svc.output()
+    status = cache()
+    assert (status["in_flight"], status["waiting"]) == (1, 0)  # dropped; the first still runs
+    first.join(30)
+    assert _chat(svc, "Slow answer.").headers["X-Cache"] == "HIT"
+    assert len(_upstream(emulator, "/api/chat")) == 1
 
 
 def test_a_failed_first_request_lets_the_next_waiter_go_upstream(svc, emulator):
@@ -381,7 +412,7 @@ def test_cache_routes_and_metrics(svc, emulator):
     assert row["requests"]["miss"] == before["requests"]["miss"] + 1
     assert 0 < row["hit_ratio"] < 1
     metrics = requests.get(svc.management_url + "/metrics", timeout=5).text
-    assert 'llm_service_cache_requests_total{result="HIT",route="/api/chat"}' in metrics
+    assert 'llm_service_cache_requests_total{result="hit",route="/api/chat"}' in metrics
     assert re.search(r"^llm_service_cache_entries 1\.0$", metrics, re.M)
     assert re.search(r"^llm_service_cache_bytes [1-9]", metrics, re.M)
     # Emptying needs the admin role when keys are on.
