@@ -56,6 +56,10 @@ class Metrics:
             f"{PREFIX}_time_to_first_byte_seconds", "From arrival to Ollama's first byte",
             ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.cache_requests = Counter(
+            f"{PREFIX}_cache_requests", "Inference requests by what the response cache did",
+            ["route", "result"], registry=self.registry,
+        )  # fmt: skip
         self.tokens = Counter(
             f"{PREFIX}_generated_tokens", "Tokens generated (eval_count of final lines)",
             ["model"], registry=self.registry,
@@ -101,6 +105,10 @@ class Metrics:
     def on_admit(self, model: str, wait_s: float) -> None:
         self.queue_wait.labels(model).observe(wait_s)
 
+    # CacheObserver (cache/service.py); routes are inference routes only: a bounded label
+    def on_cache_result(self, route: str, result: str) -> None:
+        self.cache_requests.labels(route, result.lower()).inc()  # hit, miss, bypass, coalesced
+
     # RequestObserver
     def on_request_done(self, record: dict[str, Any]) -> None:
         route = _route_label(record.get("path", ""))
@@ -128,12 +136,14 @@ class StateCollector(Collector):
         ollama_up: Callable[[], bool],
         pulls: Callable[[], dict[str, int]] | None = None,
         breakers: Callable[[], dict[str, dict[str, Any]]] | None = None,
+        cache: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self._limiter_snapshot = limiter_snapshot
         self._telemetry = telemetry
         self._ollama_up = ollama_up
         self.pulls = pulls
         self.breakers = breakers
+        self.cache = cache
 
     def describe(self) -> list[Metric]:
         return []  # dynamic: nothing is collected at registration
@@ -158,6 +168,14 @@ class StateCollector(Collector):
             for model, entry in self.breakers().items():
                 breakers.add_metric([model], BREAKER_STATE_VALUES.get(entry["state"], 0))
             yield breakers
+        if self.cache is not None:
+            entries, size = self.cache()
+            gauge = GaugeMetricFamily(f"{PREFIX}_cache_entries", "Answers in the response cache")
+            gauge.add_metric([], entries)
+            yield gauge
+            gauge = GaugeMetricFamily(f"{PREFIX}_cache_bytes", "Bytes held by the response cache")
+            gauge.add_metric([], size)
+            yield gauge
 
     def _limiter_metrics(self) -> Iterator[Metric]:
         snapshot = self._limiter_snapshot()

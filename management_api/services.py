@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from management_api import names
+from management_api.cache.service import ResponseCache
 from management_api.health.checks import HealthChecker, OllamaProbe
 from management_api.health.healing import Healer
 from management_api.metrics import Metrics, StateCollector
@@ -49,6 +50,7 @@ class Services:
     pulls: PullManager
     tasks: TasksReloader
     orchestrator: Orchestrator
+    cache: ResponseCache | None = None  # None when LLM_CACHE_MAX_MB is 0
     started_at: float = field(default_factory=time.time)
     _stoppers: list[Callable[[], None]] = field(default_factory=list)
     _starters: list[Callable[[], None]] = field(default_factory=list)
@@ -85,6 +87,16 @@ class Services:
             grace_seconds=settings.upstream_grace_seconds,
             observer=metrics,
         )
+        cache = None
+        if settings.cache_max_mb > 0:
+            cache = ResponseCache(
+                max_bytes=round(settings.cache_max_mb * 1024 * 1024),
+                ttl_seconds=settings.cache_ttl_seconds,
+                digest_of=catalog.digest,
+                log_served=gateway.log_served,
+                observer=metrics,
+            )
+            gateway.response_cache = cache
         sampler = create_sampler(
             interval=settings.stats_interval,
             models_dir=settings.models_dir,
@@ -134,6 +146,7 @@ class Services:
                 ollama_up=lambda: probe.run().reachable,
                 pulls=pulls.counts,
                 breakers=breakers.snapshot,
+                cache=cache.store.counts if cache is not None else None,
             )
         )
         services = cls(
@@ -151,6 +164,7 @@ class Services:
             pulls=pulls,
             tasks=tasks,
             orchestrator=orchestrator,
+            cache=cache,
             started_at=started_at,
         )
         services.on_start(reloader.start, reloader.stop)

@@ -266,6 +266,10 @@ SETTINGS: tuple[Setting, ...] = (
             "largest accepted request body, MB"),
     Setting("import_dir", "LLM_IMPORT_DIR", None, path_value,
             "folder whose *.gguf files are imported as models at start"),
+    Setting("cache_max_mb", "LLM_CACHE_MAX_MB", 0, non_negative_number,
+            "response cache size, MB (deterministic answers and embeddings); 0 = off"),
+    Setting("cache_ttl_seconds", "LLM_CACHE_TTL_SECONDS", 900, positive_seconds,
+            "how long a cached answer is served, seconds"),
     Setting("supervisor_socket", "LLM_SUPERVISOR_SOCKET", "/run/llm-service/supervisor.sock",
             path_value, "supervisord's control socket; the hard session reset restarts Ollama "
             "through it"),
@@ -305,6 +309,8 @@ class Settings:
     cors_origins: tuple[str, ...]
     max_body_mb: int
     import_dir: Path | None
+    cache_max_mb: float
+    cache_ttl_seconds: float
     supervisor_socket: Path
     config_file: Path | None = field(default=None)
 

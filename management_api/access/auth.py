@@ -39,6 +39,7 @@ _MUTATION_EXACT = {
     ("POST", "/api/models/pull"),
     ("DELETE", "/api/models/delete"),
     ("POST", "/api/cache/clear"),
+    ("DELETE", "/api/cache"),
     ("POST", "/api/gpu/recover"),
     ("POST", "/api/session/reset"),
     ("POST", "/api/limits/reload"),

@@ -117,6 +117,8 @@ SWEEP_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/api/session/reset", {"body": {"hard": True}}),
     ("GET", "/api/limits", {}),
     ("POST", "/api/limits/reload", {}),
+    ("GET", "/api/cache", {}),
+    ("DELETE", "/api/cache", {}),
     ("GET", "/api/stats", {}),
     ("GET", "/api/stats/history", {"query": {"seconds": 60}}),
     ("GET", "/api/info", {}),
@@ -162,6 +164,7 @@ def _service_env(state: Path, ollama_url: str) -> dict[str, str]:
         "LLM_STATS_INTERVAL": "0.5",
         "LLM_MODEL_CACHE_TTL": "1",
         "LLM_UPSTREAM_GRACE_SECONDS": "0.2",
+        "LLM_CACHE_MAX_MB": "8",  # fuzzed inference requests pass through the response cache
         # No supervisord here: a hard reset must answer 501 at once.
         "LLM_SUPERVISOR_SOCKET": str(state / "no-supervisor.sock"),
     }
@@ -333,7 +336,7 @@ def test_contract_holds_for_refused_keys(auth_service):
             expected = 503  # nothing listens at OLLAMA_URL here
         assert status == expected, label
     mutations = [entry for entry in SWEEP_REQUESTS if is_mutation(entry[0], entry[1])]
-    assert len(mutations) == 10
+    assert len(mutations) == 11  # POST /api/tasks/reload and DELETE /api/cache among them
     statuses = _sweep(auth_service.management_url, mutations, headers={"X-API-Key": USER_KEY})
     assert set(statuses.values()) == {403}, statuses
 
