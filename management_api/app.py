@@ -19,6 +19,7 @@ from management_api.routes import (
     ollama_api,
     openai_api,
     stats,
+    status,
 )
 from management_api.routes.fast_path import InferenceFastPath
 from management_api.services import Services
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(models.bp)
     app.register_blueprint(healing.bp)
     app.register_blueprint(stats.bp)
+    app.register_blueprint(status.bp)
     app.register_blueprint(hermes_api.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(openai_api.bp)
