@@ -73,6 +73,10 @@ class RecentRejections:
             return found
 
 
+def _refusals(rejected: dict[str, int]) -> int:
+    return sum(n for reason, n in rejected.items() if reason in REFUSALS)
+
+
 def _key(name: object) -> str | None:
     if not isinstance(name, str) or not names.is_valid(name):
         return None
@@ -196,9 +200,7 @@ class StatusBuilder:
                 "queued": view["queued"] if view else 0,
                 "paused": view["paused"] if view else False,
                 "rejected_recent": recent.get(key, 0),
-                "rejected_total": sum(
-                    n for reason, n in (view or {}).get("rejected", {}).items() if reason in REFUSALS
-                ),
+                "rejected_total": _refusals((view or {}).get("rejected", {})),
                 "admitted": view["admitted"] if view else 0,
                 "wait_p50_seconds": waits.get("p50"),
                 "wait_p95_seconds": waits.get("p95"),
