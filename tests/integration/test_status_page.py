@@ -101,6 +101,18 @@ def requested_urls(driver) -> list[str]:
     return urls
 
 
+def _record_timing(driver) -> None:
+    """First paint and first rendered snapshot, for the README (measured, not asserted)."""
+    timing = driver.execute_script(
+        "const p = performance.getEntriesByName('first-contentful-paint')[0];"
+        "const s = performance.getEntriesByName('first-status')[0];"
+        "return {first_contentful_paint_ms: p ? Math.round(p.startTime) : null,"
+        "        first_status_rendered_ms: s ? Math.round(s.startTime) : null};"
+    )
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    (SCREENSHOTS / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+
+
 def confirm(driver) -> None:
     wait(
         driver, lambda d: d.find_element(By.ID, "confirm-dialog").get_attribute("open") is not None
@@ -142,6 +154,7 @@ def test_page_loads_with_no_error_and_nothing_from_outside(service, browser):
         "return document.querySelectorAll('#chart-cpu canvas').length") > 0,
         message="the CPU chart was never drawn")  # fmt: skip
     assert console_errors(browser) == []
+    _record_timing(browser)
     urls = requested_urls(browser)
     assert any(u.endswith("/api/status") for u in urls)
     assert any("/api/stats/history" in u for u in urls)

@@ -152,6 +152,7 @@ function renderFreshness() {
 // --- rendering
 
 function render(s) {
+  if (!performance.getEntriesByName("first-status").length) performance.mark("first-status");
   renderVerdict(s);
   renderModels(s);
   renderPulls(s.pulls);
