@@ -230,6 +230,27 @@ def test_cache_clear_unloads_only_after_confirming(service, browser):
     assert console_errors(browser) == []
 
 
+def _network(driver, offline: bool) -> None:
+    driver.execute_cdp_cmd("Network.enable", {})
+    conditions = {"offline": offline, "latency": 0, "downloadThroughput": -1,
+                  "uploadThroughput": -1}  # fmt: skip
+    driver.execute_cdp_cmd("Network.emulateNetworkConditions", conditions)
+
+
+def test_missed_polls_show_stale_and_recover(service, browser):
+    open_page(browser, service.management)
+    wait(browser, lambda d: text_of(d, "#freshness") == "live")
+    _network(browser, offline=True)
+    try:
+        wait(browser, lambda d: (text_of(d, "#freshness") or "").startswith("stale"),
+             message="two missed polls did not show as stale")  # fmt: skip
+        assert "stale" in browser.find_element(By.ID, "verdict").get_attribute("class")
+    finally:
+        _network(browser, offline=False)
+    wait(browser, lambda d: text_of(d, "#freshness") == "live", message="never live again")
+    browser.get_log("browser")  # the failed fetches were logged, as they should be
+
+
 def test_screenshots_desktop_and_375_px(service, emulator, browser):
     """Pictures for the README: a queue held on one model, a loaded model, a finished pull."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,8 @@ const state = {
   charts: {},
   sparks: new Map(),
   pulls: new Map(),
-  keyPrompted: false,
+  inFlight: false,
+  pollAgain: false,
 };
 
 // --- small helpers
@@ -81,10 +82,11 @@ async function errorText(response) {
 function askForKey(reason) {
   const dialog = $("key-dialog");
   $("key-reason").textContent = reason;
-  state.keyPrompted = true;
   if (!dialog.open) dialog.showModal();
   $("key-input").focus();
 }
+
+$("change-key").addEventListener("click", () => askForKey("Enter another API key (an admin key may act)."));
 
 $("key-form").addEventListener("submit", () => {
   const value = $("key-input").value.trim();
@@ -97,9 +99,21 @@ $("key-form").addEventListener("submit", () => {
 // --- polling
 
 async function poll() {
+  // One poll at a time: a poll asked for meanwhile (after an action) runs right after this one.
+  if (state.inFlight) { state.pollAgain = true; return; }
   clearTimeout(state.timer);
   state.timer = null;
   if (document.hidden) return; // resumed by visibilitychange
+  state.inFlight = true;
+  try {
+    await pollOnce();
+  } finally {
+    state.inFlight = false;
+  }
+  if (state.pollAgain) { state.pollAgain = false; poll(); }
+}
+
+async function pollOnce() {
   try {
     const response = await fetch("/api/status", {
       headers: headers(state.etag ? { "If-None-Match": state.etag } : {}),
@@ -130,7 +144,7 @@ async function poll() {
   }
   renderFreshness();
   if (state.status) renderClocks(state.status);
-  state.timer = setTimeout(poll, POLL_MS);
+  if (!document.hidden) state.timer = setTimeout(poll, POLL_MS);
 }
 
 document.addEventListener("visibilitychange", () => {
@@ -176,7 +190,8 @@ function renderVerdict(s) {
     access += a.key ? `, key "${a.key}" (${a.role})` : ", no key given";
     if (!a.can_act) access += ": actions need an admin key";
   }
-  $("access").textContent = access;
+  $("access-text").textContent = access;
+  $("change-key").hidden = a.mode === "off";
 }
 
 function renderClocks(s) {
@@ -243,7 +258,7 @@ function sparkline(m) {
   points.push([m.running, m.queued]);
   if (points.length > SPARK_POINTS) points.shift();
   const canvas = el("canvas", { width: 90, height: 22, class: "spark", role: "img",
-    "aria-label": `running (solid) and queued (dashed) over the last ${points.length} polls` });
+    "aria-label": `running (solid) and queued (dashed) over the last ${points.length} updates` });
   const ctx = canvas.getContext("2d");
   const top = Math.max(1, ...points.map(([r, q]) => Math.max(r, q)));
   const step = 90 / (SPARK_POINTS - 1);
