@@ -167,6 +167,12 @@ def test_page_loads_with_no_error_and_nothing_from_outside(service, browser):
         assert text_of(browser, f'tr[data-model="{name}"]') is not None
     assert text_of(browser, cell("qwen3:14b-q8", "limit")) == "2"
     assert text_of(browser, "#freshness") == "live"
+    # Copy diagnostics: the text is shown (and copied where the browser allows the clipboard).
+    browser.find_element(By.ID, "copy-diagnostics").click()
+    wait(browser, lambda d: text_of(d, "#diag-result"))
+    text = browser.find_element(By.ID, "diag-text").get_attribute("value")
+    assert text.startswith("llm-service ") and "verdict: " in text and f"  {MODEL}: limit 1" in text
+    assert console_errors(browser) == []
 
 
 def test_counters_follow_requests_held_in_a_queue(service, emulator, browser):
