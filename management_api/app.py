@@ -20,6 +20,7 @@ from management_api.routes import (
     ollama_api,
     openai_api,
     stats,
+    status,
     tasks,
 )
 from management_api.routes.fast_path import InferenceFastPath
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(healing.bp)
     app.register_blueprint(stats.bp)
     app.register_blueprint(cache.bp)
+    app.register_blueprint(status.bp)
     app.register_blueprint(hermes_api.bp)
     app.register_blueprint(tasks.bp)
     app.register_blueprint(docs.bp)

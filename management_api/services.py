@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from management_api import names
+from management_api import __version__, names
 from management_api.cache.service import ResponseCache
 from management_api.health.checks import HealthChecker, OllamaProbe
 from management_api.health.healing import Healer
@@ -26,12 +26,31 @@ from management_api.proxy.gateway import Gateway
 from management_api.proxy.limiter import Limiter
 from management_api.proxy.limits_config import LimitsReloader
 from management_api.settings import Settings
+from management_api.status import RecentRejections, StatusBuilder
 from management_api.tasks.breaker import BreakerBoard
 from management_api.tasks.orchestrator import Orchestrator
 from management_api.tasks.reloader import TasksReloader
 from management_api.telemetry import Sampler, create_sampler, read_platform
 
 log = logging.getLogger(__name__)
+
+
+class _Observers:
+    """Hands each limiter event to several observers (the limiter takes one)."""
+
+    def __init__(self, *observers: Any) -> None:
+        self._observers = observers
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        targets = [getattr(o, name) for o in self._observers if hasattr(o, name)]
+        if not targets:
+            raise AttributeError(name)
+
+        def call(*args: Any) -> None:
+            for target in targets:
+                target(*args)
+
+        return call
 
 
 @dataclass
@@ -51,6 +70,8 @@ class Services:
     tasks: TasksReloader
     orchestrator: Orchestrator
     cache: ResponseCache | None = None  # None when LLM_CACHE_MAX_MB is 0
+    rejections: RecentRejections = field(default_factory=RecentRejections)
+    status: StatusBuilder | None = None
     started_at: float = field(default_factory=time.time)
     _stoppers: list[Callable[[], None]] = field(default_factory=list)
     _starters: list[Callable[[], None]] = field(default_factory=list)
@@ -69,8 +90,9 @@ class Services:
             read_timeout=settings.upstream_read_timeout,
         )
         metrics = Metrics()
+        rejections = RecentRejections()
         # names.normalize raises on a typo in an exact `match`, so a bad limits file is reported.
-        limiter = Limiter(normalize=names.normalize, observer=metrics)
+        limiter = Limiter(normalize=names.normalize, observer=_Observers(metrics, rejections))
         reloader = LimitsReloader(
             settings.limits_file,
             limiter.update_config,
@@ -165,7 +187,18 @@ class Services:
             tasks=tasks,
             orchestrator=orchestrator,
             cache=cache,
+            rejections=rejections,
             started_at=started_at,
+        )
+        services.status = StatusBuilder(
+            limiter=limiter,
+            catalog=catalog,
+            pulls=pulls,
+            sampler=sampler,
+            health=health,
+            healing_log=healer.log,
+            rejections=rejections,
+            service_info=services.status_info,
         )
         services.on_start(reloader.start, reloader.stop)
         services.on_start(sampler.start, sampler.stop)
@@ -216,6 +249,22 @@ class Services:
         with self._version_lock:
             self._version = (now, version)
         return version
+
+    def status_info(self) -> dict[str, Any]:
+        """What the status page says about the service itself (nothing clock-derived)."""
+        settings = self.settings
+        return {
+            "name": "llm-service",
+            "version": __version__,
+            "started_at": round(self.started_at, 3),
+            "ollama_version": self.ollama_version(),
+            "platform": self.platform(),
+            "telemetry_source": self.sampler.gpu_source,
+            "default_model": settings.default_model,
+            "management_port": settings.management_port,
+            "proxy_port": settings.proxy_port if settings.proxy_enabled else None,
+            "limits_file": str(settings.limits_file),
+        }
 
     def platform(self) -> dict[str, Any]:
         """The board this runs on (read once: it does not change while the process lives)."""

@@ -202,7 +202,10 @@ class Gateway:
         self._active_lock = threading.Lock()
         # The healer's single-flight unload-all (it needs this gateway, so it is set after
         # construction, in Services.build).
-        self.unload_all: Callable[[float], tuple[list[str], list[dict[str, str]]]] | None = None
+        # Called with (deadline, the caller's key name or None).
+        self.unload_all: (
+            Callable[[float, str | None], tuple[list[str], list[dict[str, str]]]] | None
+        ) = None
         # The response cache, when LLM_CACHE_MAX_MB > 0 (set in Services.build, like unload_all).
         self.response_cache: ResponseCacheHook | None = None
 
@@ -467,7 +470,7 @@ class Gateway:
         """Unload every loaded model; bounded so the self-healing agent's 5 s timeout holds."""
         if self.unload_all is None:
             raise errors.ServiceUnavailable("unloading is not available yet")
-        unloaded, failed = self.unload_all(UNLOAD_ALL_DEADLINE_SECONDS)
+        unloaded, failed = self.unload_all(UNLOAD_ALL_DEADLINE_SECONDS, record.request.key_name)
         body: dict[str, Any] = {"model": "", "created_at": _utc_now()}
         if intent.kind == "chat":
             body["message"] = {"role": "assistant", "content": ""}
