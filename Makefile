@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint format bench soak chaos clean
+.PHONY: venv run test lint format bench soak chaos clean browser
 
 venv: $(STAMP)
 
@@ -31,8 +31,13 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint
+test: lint browser
 	$(PY) -m pytest
+
+# Debian's chromium + chromedriver for the status page's browser tests (installed when missing
+# and root; otherwise those tests skip with the reason).
+browser:
+	scripts/install-browser.sh
 
 bench: venv
 	$(PY) -m bench.proxy_bench

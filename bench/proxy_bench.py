@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from bench import client_drop
+from bench import cache_bench, client_drop
 from tests.fake_ollama.harness import FakeOllama
 from tests.service_harness import ROOT, ServiceProcess, free_port
 
@@ -267,6 +267,8 @@ def main() -> int:
             drop = client_drop.measure(service, emulator, ours, args.quick)
             emulator.set_model("qwen3:14b-q8", tokens=100000, tokens_per_second=5)
             held = hold_connections(service, hold)
+        # The response cache, on a second service with LLM_CACHE_MAX_MB set (bench/cache_bench.py).
+        cache = cache_bench.run(emulator, n)
 
     added_p50 = statistics.median(p) - statistics.median(d)
     ref_added_p50 = statistics.median(ref) - statistics.median(d)
@@ -293,6 +295,7 @@ def main() -> int:
                                   else None,
         "held": held,
         "client_drop": drop,
+        "cache": cache,
     }  # fmt: skip
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
@@ -324,6 +327,7 @@ def main() -> int:
         ],
         ("client drop frees its queue place, queued (p50 / max)",
          f"{drop['queued']['p50_ms']} / {drop['queued']['max_ms']} ms"),
+        *cache_bench.rows(cache),
     ]  # fmt: skip
     width = max(len(r[0]) for r in rows)
     for name, value in rows:

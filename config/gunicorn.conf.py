@@ -71,7 +71,13 @@ def post_worker_init(worker):
     services.start()
     # SIGHUP to the *worker* re-reads the limits file. (SIGHUP to the master makes gunicorn
     # replace the worker, which would reset every counter.)
-    signal.signal(signal.SIGHUP, lambda *_: services.limits_reloader.request_reload())
+    # The tasks file is re-read on the same signal.
+    signal.signal(signal.SIGHUP, lambda *_: _reload_files(services))
+
+
+def _reload_files(services):
+    services.limits_reloader.request_reload()
+    services.tasks.request_reload()
 
 
 def worker_exit(server, worker):

@@ -10,6 +10,7 @@ from management_api.access import error_handlers, hooks
 from management_api.access.auth import KeyRing, load_keys
 from management_api.access.cors import CorsPolicy
 from management_api.routes import (
+    cache,
     docs,
     healing,
     health,
@@ -19,6 +20,8 @@ from management_api.routes import (
     ollama_api,
     openai_api,
     stats,
+    status,
+    tasks,
 )
 from management_api.routes.fast_path import InferenceFastPath
 from management_api.services import Services
@@ -45,7 +48,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(models.bp)
     app.register_blueprint(healing.bp)
     app.register_blueprint(stats.bp)
+    app.register_blueprint(cache.bp)
+    app.register_blueprint(status.bp)
     app.register_blueprint(hermes_api.bp)
+    app.register_blueprint(tasks.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(ollama_api.bp)

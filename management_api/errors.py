@@ -137,12 +137,15 @@ _HERMES_TYPES = {
 }
 
 OLLAMA, OPENAI, HERMES = "ollama", "openai", "hermes"
+TASK_PATHS = frozenset({"/v1/infer", "/v1/tasks"})
 
 
 def flavor_for_path(path: str) -> str:
     """Which protocol's error shape a route speaks."""
     if path.startswith("/v1/llm/") or path == "/v1/llm" or path == "/v1/status":
         return HERMES
+    if path in TASK_PATHS:
+        return OLLAMA  # our own routes: the plain envelope, like the management API
     if path.startswith("/v1/"):
         return OPENAI
     return OLLAMA

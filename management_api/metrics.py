@@ -23,6 +23,7 @@ PREFIX = "llm_service"
 KNOWN_ROUTES = frozenset(INFERENCE_ROUTES) | MUTATION_ROUTES | {
     "/api/tags", "/api/ps", "/api/show", "/api/version", "/v1/models",
 }  # fmt: skip
+BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -55,14 +56,58 @@ class Metrics:
             f"{PREFIX}_time_to_first_byte_seconds", "From arrival to Ollama's first byte",
             ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.cache_requests = Counter(
+            f"{PREFIX}_cache_requests", "Inference requests by what the response cache did",
+            ["route", "result"], registry=self.registry,
+        )  # fmt: skip
         self.tokens = Counter(
             f"{PREFIX}_generated_tokens", "Tokens generated (eval_count of final lines)",
             ["model"], registry=self.registry,
         )  # fmt: skip
 
+        # /v1/infer (tasks/orchestrator.py's TaskObserver); labels come from the tasks file.
+        self.infer_requests = Counter(
+            f"{PREFIX}_infer_requests", "Task requests by task, strategy and outcome",
+            ["task", "strategy", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.infer_duration = Histogram(
+            f"{PREFIX}_infer_duration_seconds", "Task request duration",
+            ["task", "strategy"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.branches = Counter(
+            f"{PREFIX}_branch", "Task branches by model, role and outcome",
+            ["task", "model", "role", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.hedges = Counter(
+            f"{PREFIX}_hedges", "Hedged branches of fastest tasks by outcome",
+            ["task", "outcome"], registry=self.registry,
+        )  # fmt: skip
+        self.agreement = Histogram(
+            f"{PREFIX}_agreement", "Share of answers that agreed with the chosen one",
+            ["task"], buckets=(0.2, 0.34, 0.5, 0.67, 0.75, 0.9, 1.0), registry=self.registry,
+        )  # fmt: skip
+
+    # TaskObserver
+    def on_infer_done(self, task: str, strategy: str, outcome: str, seconds: float) -> None:
+        self.infer_requests.labels(task, strategy, outcome).inc()
+        self.infer_duration.labels(task, strategy).observe(seconds)
+
+    def on_branch_done(self, task: str, model: str, role: str, outcome: str) -> None:
+        self.branches.labels(task, model, role, outcome).inc()
+
+    def on_hedge(self, task: str, outcome: str) -> None:
+        self.hedges.labels(task, outcome).inc()
+
+    def on_agreement(self, task: str, value: float) -> None:
+        self.agreement.labels(task).observe(value)
+
     # LimiterObserver
     def on_admit(self, model: str, wait_s: float) -> None:
         self.queue_wait.labels(model).observe(wait_s)
+
+    # CacheObserver (cache/service.py); routes are inference routes only: a bounded label
+    def on_cache_result(self, route: str, result: str) -> None:
+        self.cache_requests.labels(route, result.lower()).inc()  # hit, miss, bypass, coalesced
 
     # RequestObserver
     def on_request_done(self, record: dict[str, Any]) -> None:
@@ -90,11 +135,15 @@ class StateCollector(Collector):
         telemetry: Callable[[], Any],
         ollama_up: Callable[[], bool],
         pulls: Callable[[], dict[str, int]] | None = None,
+        breakers: Callable[[], dict[str, dict[str, Any]]] | None = None,
+        cache: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self._limiter_snapshot = limiter_snapshot
         self._telemetry = telemetry
         self._ollama_up = ollama_up
         self.pulls = pulls
+        self.breakers = breakers
+        self.cache = cache
 
     def describe(self) -> list[Metric]:
         return []  # dynamic: nothing is collected at registration
@@ -110,6 +159,23 @@ class StateCollector(Collector):
             for state, count in self.pulls().items():
                 jobs.add_metric([state], count)
             yield jobs
+        if self.breakers is not None:
+            breakers = GaugeMetricFamily(
+                f"{PREFIX}_breaker_state",
+                "Task breaker per model: 0 closed, 1 half-open, 2 open",
+                labels=["model"],
+            )
+            for model, entry in self.breakers().items():
+                breakers.add_metric([model], BREAKER_STATE_VALUES.get(entry["state"], 0))
+            yield breakers
+        if self.cache is not None:
+            entries, size = self.cache()
+            gauge = GaugeMetricFamily(f"{PREFIX}_cache_entries", "Answers in the response cache")
+            gauge.add_metric([], entries)
+            yield gauge
+            gauge = GaugeMetricFamily(f"{PREFIX}_cache_bytes", "Bytes held by the response cache")
+            gauge.add_metric([], size)
+            yield gauge
 
     def _limiter_metrics(self) -> Iterator[Metric]:
         snapshot = self._limiter_snapshot()

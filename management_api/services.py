@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from management_api import names
+from management_api import __version__, names
+from management_api.cache.service import ResponseCache
 from management_api.health.checks import HealthChecker, OllamaProbe
 from management_api.health.healing import Healer
 from management_api.metrics import Metrics, StateCollector
@@ -25,9 +26,31 @@ from management_api.proxy.gateway import Gateway
 from management_api.proxy.limiter import Limiter
 from management_api.proxy.limits_config import LimitsReloader
 from management_api.settings import Settings
+from management_api.status import RecentRejections, StatusBuilder
+from management_api.tasks.breaker import BreakerBoard
+from management_api.tasks.orchestrator import Orchestrator
+from management_api.tasks.reloader import TasksReloader
 from management_api.telemetry import Sampler, create_sampler, read_platform
 
 log = logging.getLogger(__name__)
+
+
+class _Observers:
+    """Hands each limiter event to several observers (the limiter takes one)."""
+
+    def __init__(self, *observers: Any) -> None:
+        self._observers = observers
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        targets = [getattr(o, name) for o in self._observers if hasattr(o, name)]
+        if not targets:
+            raise AttributeError(name)
+
+        def call(*args: Any) -> None:
+            for target in targets:
+                target(*args)
+
+        return call
 
 
 @dataclass
@@ -44,6 +67,11 @@ class Services:
     health: HealthChecker
     healer: Healer
     pulls: PullManager
+    tasks: TasksReloader
+    orchestrator: Orchestrator
+    cache: ResponseCache | None = None  # None when LLM_CACHE_MAX_MB is 0
+    rejections: RecentRejections = field(default_factory=RecentRejections)
+    status: StatusBuilder | None = None
     started_at: float = field(default_factory=time.time)
     _stoppers: list[Callable[[], None]] = field(default_factory=list)
     _starters: list[Callable[[], None]] = field(default_factory=list)
@@ -62,8 +90,9 @@ class Services:
             read_timeout=settings.upstream_read_timeout,
         )
         metrics = Metrics()
+        rejections = RecentRejections()
         # names.normalize raises on a typo in an exact `match`, so a bad limits file is reported.
-        limiter = Limiter(normalize=names.normalize, observer=metrics)
+        limiter = Limiter(normalize=names.normalize, observer=_Observers(metrics, rejections))
         reloader = LimitsReloader(
             settings.limits_file,
             limiter.update_config,
@@ -80,6 +109,16 @@ class Services:
             grace_seconds=settings.upstream_grace_seconds,
             observer=metrics,
         )
+        cache = None
+        if settings.cache_max_mb > 0:
+            cache = ResponseCache(
+                max_bytes=round(settings.cache_max_mb * 1024 * 1024),
+                ttl_seconds=settings.cache_ttl_seconds,
+                digest_of=catalog.digest,
+                log_served=gateway.log_served,
+                observer=metrics,
+            )
+            gateway.response_cache = cache
         sampler = create_sampler(
             interval=settings.stats_interval,
             models_dir=settings.models_dir,
@@ -112,12 +151,24 @@ class Services:
             models_dir=settings.models_dir,
             min_free_bytes=round(settings.pull_min_free_gb * 1_000_000_000),
         )
+        breakers = BreakerBoard()
+        tasks = TasksReloader(
+            settings.tasks_file,
+            interval_seconds=settings.limits_reload_seconds,
+            on_apply=lambda config: breakers.configure(config.breaker),
+        )
+        tasks.load_initial()  # a broken tasks file at start-up stops the service
+        orchestrator = Orchestrator(
+            gateway=gateway, limiter=limiter, catalog=catalog, breakers=breakers, observer=metrics
+        )
         metrics.registry.register(
             StateCollector(
                 limiter_snapshot=limiter.snapshot,
                 telemetry=sampler.latest,
                 ollama_up=lambda: probe.run().reachable,
                 pulls=pulls.counts,
+                breakers=breakers.snapshot,
+                cache=cache.store.counts if cache is not None else None,
             )
         )
         services = cls(
@@ -133,11 +184,26 @@ class Services:
             health=health,
             healer=healer,
             pulls=pulls,
+            tasks=tasks,
+            orchestrator=orchestrator,
+            cache=cache,
+            rejections=rejections,
             started_at=started_at,
+        )
+        services.status = StatusBuilder(
+            limiter=limiter,
+            catalog=catalog,
+            pulls=pulls,
+            sampler=sampler,
+            health=health,
+            healing_log=healer.log,
+            rejections=rejections,
+            service_info=services.status_info,
         )
         services.on_start(reloader.start, reloader.stop)
         services.on_start(sampler.start, sampler.stop)
         services.on_start(pulls.start, pulls.stop)
+        services.on_start(tasks.start, tasks.stop)
         # Further services (pull jobs, healing, metrics) register here, in dependency order.
         return services
 
@@ -161,6 +227,7 @@ class Services:
                 stopper()
             except Exception:
                 log.exception("stopping a background service failed")
+        self.orchestrator.close()
         self.gateway.close()
         self.probe.close()
         self.ollama.close()
@@ -182,6 +249,22 @@ class Services:
         with self._version_lock:
             self._version = (now, version)
         return version
+
+    def status_info(self) -> dict[str, Any]:
+        """What the status page says about the service itself (nothing clock-derived)."""
+        settings = self.settings
+        return {
+            "name": "llm-service",
+            "version": __version__,
+            "started_at": round(self.started_at, 3),
+            "ollama_version": self.ollama_version(),
+            "platform": self.platform(),
+            "telemetry_source": self.sampler.gpu_source,
+            "default_model": settings.default_model,
+            "management_port": settings.management_port,
+            "proxy_port": settings.proxy_port if settings.proxy_enabled else None,
+            "limits_file": str(settings.limits_file),
+        }
 
     def platform(self) -> dict[str, Any]:
         """The board this runs on (read once: it does not change while the process lives)."""

@@ -228,6 +228,8 @@ SETTINGS: tuple[Setting, ...] = (
             "per-model concurrency limits (TOML); relative paths are relative to the project"),
     Setting("limits_reload_seconds", "LLM_LIMITS_RELOAD_SECONDS", 2, positive_seconds,
             "how often the limits file is checked for changes, seconds"),
+    Setting("tasks_file", "LLM_TASKS_FILE", "config/tasks.toml", path_value,
+            "tasks for POST /v1/infer (TOML; reloaded like the limits file)"),
     Setting("log_dir", "LLM_LOG_DIR", "logs", path_value,
             "service logs; the Ollama log read by the health check lives here"),
     Setting("worker_threads", "LLM_WORKER_THREADS", 256, positive_int,
@@ -264,6 +266,10 @@ SETTINGS: tuple[Setting, ...] = (
             "largest accepted request body, MB"),
     Setting("import_dir", "LLM_IMPORT_DIR", None, path_value,
             "folder whose *.gguf files are imported as models at start"),
+    Setting("cache_max_mb", "LLM_CACHE_MAX_MB", 0, non_negative_number,
+            "response cache size, MB (deterministic answers and embeddings); 0 = off"),
+    Setting("cache_ttl_seconds", "LLM_CACHE_TTL_SECONDS", 900, positive_seconds,
+            "how long a cached answer is served, seconds"),
     Setting("supervisor_socket", "LLM_SUPERVISOR_SOCKET", "/run/llm-service/supervisor.sock",
             path_value, "supervisord's control socket; the hard session reset restarts Ollama "
             "through it"),
@@ -284,6 +290,7 @@ class Settings:
     model_cache_ttl: float
     limits_file: Path
     limits_reload_seconds: float
+    tasks_file: Path
     log_dir: Path
     worker_threads: int
     upstream_connect_timeout: float
@@ -302,6 +309,8 @@ class Settings:
     cors_origins: tuple[str, ...]
     max_body_mb: int
     import_dir: Path | None
+    cache_max_mb: float
+    cache_ttl_seconds: float
     supervisor_socket: Path
     config_file: Path | None = field(default=None)
 

@@ -8,7 +8,8 @@ commas) and/or ``LLM_API_KEYS_FILE`` (one entry per line, ``#`` comments). Roles
 
 ``LLM_AUTH_MODE``: ``off`` (default: existing callers keep working), ``management`` (only
 mutating routes need an admin key), ``all`` (every route needs a key; mutations an admin key).
-Health probes never need a key: Docker's health check and the self-healing engine carry none.
+Health probes never need a key: Docker's health check and the self-healing engine carry none;
+nor do the status page's static files under ``/ui/`` (its data, ``/api/status``, is a read).
 
 Keys are stored as SHA-256 digests and compared with `hmac.compare_digest` against every
 configured key, so neither the match nor its position leaks through timing. The key itself is
@@ -39,9 +40,11 @@ _MUTATION_EXACT = {
     ("POST", "/api/models/pull"),
     ("DELETE", "/api/models/delete"),
     ("POST", "/api/cache/clear"),
+    ("DELETE", "/api/cache"),
     ("POST", "/api/gpu/recover"),
     ("POST", "/api/session/reset"),
     ("POST", "/api/limits/reload"),
+    ("POST", "/api/tasks/reload"),
     # Ollama's own mutations, reachable through the pass-through.
     ("POST", "/api/pull"),
     ("POST", "/api/push"),
@@ -50,7 +53,14 @@ _MUTATION_EXACT = {
     ("DELETE", "/api/delete"),
 }
 _MUTATION_PREFIXES = (("DELETE", "/api/models/pulls/"), ("POST", "/api/blobs/"))
-PUBLIC_PATHS = frozenset({"/health", "/health/live", "/health/ready"})
+PUBLIC_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/ui"})
+# The status page's files carry no data (the page reads /api/status with the user's key), and a
+# browser cannot send a key header when it loads a page.
+PUBLIC_PREFIXES = ("/ui/",)
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def is_mutation(method: str, path: str) -> bool:
@@ -167,7 +177,7 @@ class KeyRing:
 
     def authorize(self, method: str, path: str, secret: str | None) -> Decision:
         key = self.identify(secret)
-        if method == "OPTIONS" or path in PUBLIC_PATHS or self.mode == OFF:
+        if method == "OPTIONS" or is_public(path) or self.mode == OFF:
             return Decision(True, key)
         mutation = is_mutation(method, path)
         if self.mode == MANAGEMENT and not mutation:

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 import xmlrpc.client
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -70,6 +71,53 @@ class _Flight:
     result: UnloadResult | None = None
 
 
+HEALING_LOG_SIZE = 50
+
+
+class HealingLog:
+    """The last `size` healing actions (newest first when read): what, who, when, outcome.
+
+    Bounded and thread-safe; the routes and the proxy's unload form write, the status page
+    reads. Lost on restart, like every counter of the one worker.
+    """
+
+    def __init__(self, size: int = HEALING_LOG_SIZE, wall_clock: Callable[[], float] = time.time):
+        self._entries: deque[dict[str, Any]] = deque(maxlen=size)
+        self._lock = threading.Lock()
+        self._wall = wall_clock
+        self._sequence = 0
+
+    def record(
+        self,
+        action: str,
+        *,
+        who: str | None,
+        ok: bool,
+        result: str,
+        duration_ms: float | None = None,
+        via: str = "api",
+    ) -> dict[str, Any]:
+        """`who` is the API key's name (None: no key presented); `result` one line of words."""
+        with self._lock:
+            self._sequence += 1
+            entry = {
+                "id": self._sequence,
+                "at": self._wall(),
+                "action": action,
+                "who": who,
+                "via": via,
+                "ok": ok,
+                "result": result,
+                "duration_ms": duration_ms,
+            }
+            self._entries.append(entry)
+            return dict(entry)
+
+    def recent(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(e) for e in reversed(self._entries)]
+
+
 def _unload_form(ollama: OllamaClient, name: str, read_timeout: float) -> None:
     """Ollama's unload form; embedding-only models refuse /api/generate, so use /api/embed."""
     try:
@@ -118,6 +166,7 @@ class Healer:
         self._lock = threading.Lock()
         self._flight: _Flight | None = None
         self._reset_lock = threading.Lock()
+        self.log = HealingLog()
 
     # --- unload everything (single-flight)
 
@@ -141,12 +190,22 @@ class Healer:
                 self._flight = None
             flight.done.set()
 
-    def unload_for_proxy(self, deadline: float) -> tuple[list[str], list[dict[str, str]]]:
-        """The shape the proxy's ``{"model": "", "keep_alive": 0}`` form needs."""
+    def unload_for_proxy(
+        self, deadline: float, who: str | None = None
+    ) -> tuple[list[str], list[dict[str, str]]]:
+        """The shape the proxy's ``{"model": "", "keep_alive": 0}`` form needs (the
+        self-healing agent's cache clear); recorded in the healing log like the routes."""
         result = self.unload_all(deadline=deadline, reason="an unload of all models")
+        failed = list(result.failed)
         if result.error:
-            return result.unloaded, [*result.failed, {"model": "*", "error": result.error}]
-        return result.unloaded, result.failed
+            failed.append({"model": "*", "error": result.error})
+        if failed:
+            outcome = result.error or f"{len(failed)} model(s) stayed loaded"
+        else:
+            outcome = f"{len(result.unloaded)} model(s) unloaded"
+        self.log.record("unload_all", who=who, ok=not failed, result=outcome,
+                        duration_ms=result.duration_ms, via="proxy")  # fmt: skip
+        return result.unloaded, failed
 
     def _unload_all(self, deadline: float, reason: str) -> UnloadResult:
         started = self._clock()

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 from management_api import names
@@ -91,6 +92,16 @@ class CatalogView:
 
     def keys(self) -> frozenset[str]:
         return frozenset(key for key in map(_key_of, self.models) if key is not None)
+
+    @cached_property
+    def digests(self) -> dict[str, str]:
+        """Normalised name → manifest digest (the response cache keys on it)."""
+        out: dict[str, str] = {}
+        for raw in self.models:
+            key, digest = _key_of(raw), raw.get("digest")
+            if key is not None and isinstance(digest, str) and digest:
+                out[key] = digest
+        return out
 
 
 @dataclass(frozen=True)
@@ -236,6 +247,30 @@ class Catalog:
             return None
         with self._lock:
             return model_key in self._keys
+
+    def digest(self, model_key: str) -> str | None:
+        """The installed model's manifest digest; None when it is not installed or Ollama
+        cannot tell us now.
+
+        After an invalidation (a pull, copy, create or delete went through this service) the
+        list is fetched again before answering, so a changed digest is seen at once; a list
+        merely past its TTL answers from the last copy and refreshes in the background (a name
+        it lacks waits for the fresh list, as in `is_installed`).
+        """
+        with self._lock:
+            view = self._view
+            expired = view is None or self._clock() - view.fetched_at >= self._ttl
+        if view is not None:
+            digest = view.digests.get(model_key)
+            if digest is not None or not expired:
+                if expired:
+                    self._refresh_in_background()
+                return digest
+        try:
+            view = self.view()  # invalidated, or a name the expired list did not have
+        except OllamaError:
+            return None
+        return None if view.stale else view.digests.get(model_key)
 
     def _refresh_in_background(self) -> None:
         with self._lock:

@@ -66,6 +66,14 @@ LONG_OPERATION_SECONDS = 6 * 3600
 LONG_OPERATION_ROUTES = frozenset({"/api/pull", "/api/push", "/api/create"})
 
 
+class ResponseCacheHook(Protocol):
+    """The response cache (cache/): answers or coalesces a request, or calls `upstream`."""
+
+    def forward(
+        self, request: ClientRequest, upstream: Callable[[ClientRequest], ForwardedResponse]
+    ) -> ForwardedResponse: ...
+
+
 class RequestObserver(Protocol):
     """Metrics hook for finished requests (Prometheus attaches here)."""
 
@@ -87,6 +95,7 @@ class ClientRequest:
     content_length: int | None = None
     remote_addr: str | None = None
     key_name: str | None = None  # the API key's name (never the key)
+    cache: str | None = None  # what the response cache did (HIT, MISS, …), for the access log
 
     @property
     def target(self) -> str:
@@ -193,7 +202,12 @@ class Gateway:
         self._active_lock = threading.Lock()
         # The healer's single-flight unload-all (it needs this gateway, so it is set after
         # construction, in Services.build).
-        self.unload_all: Callable[[float], tuple[list[str], list[dict[str, str]]]] | None = None
+        # Called with (deadline, the caller's key name or None).
+        self.unload_all: (
+            Callable[[float, str | None], tuple[list[str], list[dict[str, str]]]] | None
+        ) = None
+        # The response cache, when LLM_CACHE_MAX_MB > 0 (set in Services.build, like unload_all).
+        self.response_cache: ResponseCacheHook | None = None
 
     def cancel_model(self, model_key: str, reason: str) -> int:
         """End every in-flight request for a model; each client gets `reason` as a terminal
@@ -225,6 +239,12 @@ class Gateway:
     # --- the one entry point
 
     def forward(self, request: ClientRequest) -> ForwardedResponse:
+        # The cache sits in front of admission: a hit or a coalesced request takes no slot.
+        if self.response_cache is not None:
+            return self.response_cache.forward(request, self._forward)
+        return self._forward(request)
+
+    def _forward(self, request: ClientRequest) -> ForwardedResponse:
         admission = self.admit(request)
         if admission.intent is not None and admission.intent.control == UNLOAD_ALL:
             return self._unload_all(admission, admission.intent)
@@ -450,7 +470,7 @@ class Gateway:
         """Unload every loaded model; bounded so the self-healing agent's 5 s timeout holds."""
         if self.unload_all is None:
             raise errors.ServiceUnavailable("unloading is not available yet")
-        unloaded, failed = self.unload_all(UNLOAD_ALL_DEADLINE_SECONDS)
+        unloaded, failed = self.unload_all(UNLOAD_ALL_DEADLINE_SECONDS, record.request.key_name)
         body: dict[str, Any] = {"model": "", "created_at": _utc_now()}
         if intent.kind == "chat":
             body["message"] = {"role": "assistant", "content": ""}
@@ -469,6 +489,14 @@ class Gateway:
         )
 
     # --- bookkeeping
+
+    def log_served(
+        self, request: ClientRequest, *, started: float, status: int, outcome: str, **extra: Any
+    ) -> None:
+        """The access-log line (and metrics) of a request answered without Ollama."""
+        intent = classify(request.path, request.payload) if request.method == "POST" else None
+        self._log(Admission(request=request, started=started, intent=intent),
+                  status=status, outcome=outcome, **extra)  # fmt: skip
 
     def _log(
         self,
@@ -498,6 +526,8 @@ class Gateway:
         }
         if record.slot is not None:
             line["model_key"] = record.slot.model  # normalised and admitted: a bounded label
+        if record.request.cache is not None:
+            line["cache"] = record.request.cache
         ttfb = extra.pop("ttfb", None)
         if ttfb is not None:
             line["ttfb_ms"] = round(ttfb * 1000, 2)

@@ -2,11 +2,17 @@
 
 Callers (the dashboard, the self-healing agent) send these with no body and short timeouts and
 read ``status`` plus a few figures; every answer keeps those fields (arasul-callers.md §4.2).
+Each action that reaches its route is written to the healer's log (who, when, outcome), which
+the status page shows.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, request
+import functools
+import time
+from collections.abc import Callable
+
+from flask import Blueprint, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from management_api import errors, names
@@ -30,6 +36,58 @@ CACHE_CLEAR_DEADLINE_SECONDS = 8.0
 GPU_RECOVER_DEADLINE_SECONDS = 9.0
 
 
+def _recorded(
+    action: str,
+) -> Callable[[Callable[[], ResponseReturnValue]], Callable[[], ResponseReturnValue]]:
+    """Write the action's outcome to the healing log: the answer's message, or the error's."""
+
+    def decorate(view: Callable[[], ResponseReturnValue]) -> Callable[[], ResponseReturnValue]:
+        @functools.wraps(view)
+        def run() -> ResponseReturnValue:
+            healing_log = current_app.extensions["llm_service"].healer.log
+            key = getattr(g, "key", None)
+            who = key.name if key is not None else None
+            started = time.monotonic()
+            try:
+                response = view()
+            except errors.ApiError as exc:
+                took = round((time.monotonic() - started) * 1000, 1)
+                healing_log.record(action, who=who, ok=False, result=exc.message,
+                                   duration_ms=took)  # fmt: skip
+                raise
+            except Exception:
+                took = round((time.monotonic() - started) * 1000, 1)
+                healing_log.record(action, who=who, ok=False, result="internal error",
+                                   duration_ms=took)  # fmt: skip
+                raise
+            took = round((time.monotonic() - started) * 1000, 1)
+            body = response.get_json(silent=True) if hasattr(response, "get_json") else None
+            body = body if isinstance(body, dict) else {}
+            ok = not body.get("failed_models")
+            name = f"{action}_hard" if body.get("hard") is True else action
+            healing_log.record(name, who=who, ok=ok, result=_summary(body), duration_ms=took)
+            return response
+
+        return run
+
+    return decorate
+
+
+def _summary(body: dict) -> str:
+    """One line of words for the log, from the answer callers already get."""
+    message = body.get("message")
+    if isinstance(message, str) and message:
+        return message
+    unloaded = body.get("unloaded_models") or []
+    failed = body.get("failed_models") or []
+    text = f"{body.get('status', 'done')}: {len(unloaded)} model(s) unloaded"
+    if failed:
+        text += f", {len(failed)} stayed loaded"
+    if body.get("freed_mb"):
+        text += f", {body['freed_mb']} MB freed"
+    return text
+
+
 def _optional_json() -> dict:
     """Callers post with no body (or `Content-Type: application/json` and no body)."""
     return json_object(request.get_data(cache=True), required=False, status="error")
@@ -50,6 +108,7 @@ def _unload_failed(result: UnloadResult) -> errors.ApiError:
 
 
 @bp.post("/api/cache/clear")
+@_recorded("cache_clear")
 def cache_clear() -> ResponseReturnValue:
     _optional_json()
     healer = current_app.extensions["llm_service"].healer
@@ -68,6 +127,7 @@ def cache_clear() -> ResponseReturnValue:
 
 
 @bp.post("/api/gpu/recover")
+@_recorded("gpu_recover")
 def gpu_recover() -> ResponseReturnValue:
     _optional_json()
     healer = current_app.extensions["llm_service"].healer
@@ -87,6 +147,7 @@ def gpu_recover() -> ResponseReturnValue:
 
 
 @bp.post("/api/session/reset")
+@_recorded("session_reset")
 def session_reset() -> ResponseReturnValue:
     payload = _optional_json()
     model = payload.get("model")

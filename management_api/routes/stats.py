@@ -11,8 +11,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from management_api import __version__, errors
 from management_api.telemetry import render_stats
+from management_api.telemetry.history import DEFAULT_MAX_POINTS, downsample
 
 bp = Blueprint("stats", __name__)
+
+# The whole ring buffer at the shortest sensible interval (1 h at 0.5 s).
+MAX_POINTS_LIMIT = 7200
 
 
 @bp.get("/api/stats")
@@ -35,9 +39,27 @@ def history() -> ResponseReturnValue:
             seconds = -1.0
         if not seconds > 0 or seconds == float("inf"):
             raise errors.BadRequest("seconds must be a number greater than 0", field="seconds")
-    points = sampler.history(seconds)
+    raw_max = request.args.get("max_points")
+    max_points = DEFAULT_MAX_POINTS
+    if raw_max is not None:
+        try:
+            max_points = int(raw_max)
+        except ValueError:
+            max_points = 0
+        if not 1 <= max_points <= MAX_POINTS_LIMIT:
+            raise errors.BadRequest(
+                f"max_points must be a whole number from 1 to {MAX_POINTS_LIMIT}",
+                field="max_points",
+            )
+    raw_points = sampler.history(seconds)
+    points = downsample(raw_points, max_points)
     return jsonify(
-        interval_seconds=sampler.interval, count=len(points), seconds=seconds, points=points
+        interval_seconds=sampler.interval,
+        count=len(points),
+        seconds=seconds,
+        points=points,
+        max_points=max_points,
+        downsampled=len(points) < len(raw_points),
     )
 
 

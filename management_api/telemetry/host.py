@@ -157,11 +157,15 @@ def find_process_tree_root(name: str) -> psutil.Process | None:
 
 def read_memory() -> MemoryReading:
     vm = psutil.virtual_memory()
+    cached = getattr(vm, "cached", None)  # Linux (and BSD) only
+    if cached is not None:
+        cached += getattr(vm, "buffers", 0) or 0
     return MemoryReading(
         total_bytes=vm.total,
         available_bytes=vm.available,
         used_bytes=vm.total - vm.available,
         percent=vm.percent,
+        cached_bytes=cached,
     )
 
 

@@ -75,13 +75,15 @@ class CpuReading:
 
 @dataclass(frozen=True)
 class MemoryReading:
-    """Host RAM; `used_bytes` = total - available (psutil >= 7.1, same as `free`)."""
+    """Host RAM; `used_bytes` = total - available (psutil >= 7.1, same as `free`);
+    `cached_bytes` = page cache + buffers (reclaimable, so not part of `used_bytes`)."""
 
     total_bytes: int | None = None
     available_bytes: int | None = None
     used_bytes: int | None = None
     percent: float | None = None
     unified: bool = False
+    cached_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -204,7 +204,10 @@ class Sampler:
 
 
 def history_point(snapshot: Snapshot) -> dict[str, Any]:
+    """One compact point for plots. The first seven keys are the original ones; the rest feed
+    the status page's charts (per-core CPU, the memory split, GPU clock, zones, rails)."""
     host, gpu = snapshot.host, snapshot.gpu
+    power = gpu.power
     return {
         "t": round(snapshot.sampled_at, 3),
         "cpu_percent": host.cpu.percent,
@@ -213,4 +216,20 @@ def history_point(snapshot: Snapshot) -> dict[str, Any]:
         "gpu_memory_used_bytes": gpu.memory_used_bytes,
         "gpu_temperature_c": gpu.temperature_c,
         "gpu_power_w": gpu.power_w,
+        "cpu_per_core_percent": list(host.cpu.per_core_percent or []) or None,
+        "memory_total_bytes": host.memory.total_bytes,
+        "memory_cached_bytes": host.memory.cached_bytes,
+        "memory_unified": bool(host.memory.unified or gpu.memory_shared),
+        "gpu_frequency_mhz": gpu.frequency_mhz,
+        "thermal_c": {zone.name: zone.temperature_c for zone in gpu.thermal_zones} or None,
+        "power_rails_w": (
+            {
+                rail.name: round(rail.power_mw / 1000, 3)
+                for rail in power.rails
+                if rail.power_mw is not None
+            }
+            or None
+            if power is not None
+            else None
+        ),
     }

@@ -72,6 +72,7 @@ def _render(
             "available_bytes": host.memory.available_bytes,
             "percent": host.memory.percent,
             "unified": host.memory.unified,
+            "cached_bytes": host.memory.cached_bytes,
         },
         "swap": {
             "total_bytes": host.swap.total_bytes,

@@ -134,6 +134,7 @@ class ConnectionRecord:
         "first_byte_at",
         "headers",
         "id",
+        "inputs",
         "lines",
         "method",
         "model",
@@ -165,6 +166,7 @@ class ConnectionRecord:
         self.status: int | None = None
         self.fault: str | None = None
         self.lines = 0
+        self.inputs: list[str] | None = None  # what an /api/embed request asked to embed
         self.peer: int | None = None
         self.nodelay: bool | None = None
 

@@ -2,6 +2,7 @@
 
 * ``POST /_fake/faults`` ``{"kind", "route"="*", "model"=null, "times"=1, …params}`` -> ``{"id"}``
 * ``GET /_fake/faults`` -> armed faults; ``DELETE /_fake/faults`` -> clear them
+* ``POST|GET|DELETE /_fake/scripts`` -> scripted answers per model (see scripts.py)
 * ``GET /_fake/observations`` -> requests, in-flight, connections, loads, pulls, …
 * ``POST /_fake/reset`` -> fresh state: start models, default settings and timings
 * ``POST /_fake/models`` ``{"model", "load_seconds"?, "ttft_seconds"?, "tokens_per_second"?,
@@ -75,6 +76,14 @@ async def handle(emulator: Emulator, request: web.Request) -> web.StreamResponse
                 return _json({"cleared": True})
             if method == "GET":
                 return _json({"faults": emulator.state.faults.describe()})
+        elif path == "/_fake/scripts":
+            if method == "POST":
+                return _json({"id": emulator.state.scripts.add(body).id})
+            if method == "DELETE":
+                emulator.state.scripts.clear()
+                return _json({"cleared": True})
+            if method == "GET":
+                return _json({"scripts": emulator.state.scripts.describe()})
         elif path == "/_fake/observations" and method == "GET":
             return _json(emulator.state.snapshot())
         elif path == "/_fake/reset" and method == "POST":

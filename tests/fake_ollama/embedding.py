@@ -93,6 +93,7 @@ def prepare_embed(
 async def embed(state: EmulatorState, ex: Exchange, value: Any) -> web.StreamResponse:
     req = decode_value(value, EMBED, "api.EmbedRequest")
     job, inputs = prepare_embed(state, req, ex.started)
+    ex.record.inputs = inputs
     runner = await acquire_runner(state, job)
     try:
         loaded_at = time.monotonic()

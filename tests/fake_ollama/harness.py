@@ -168,6 +168,11 @@ class FakeOllama:
         body = {"kind": kind, "route": route, "model": model, "times": times, **params}
         return self._control("POST", "/_fake/faults", body)["id"]
 
+    def script(self, model: str, **spec: Any) -> str:
+        """Script the next answers of a model (see ``scripts``): content, json, ttft_seconds,
+        tokens_per_second, status, message, times; returns its id."""
+        return self._control("POST", "/_fake/scripts", {"model": model, **spec})["id"]
+
     def clear_faults(self) -> None:
         self._control("DELETE", "/_fake/faults")
 

@@ -52,6 +52,7 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)
     think: bool = False
     templated: bool = True
+    scripted: list[str] | None = None  # words of a scripted answer (scripts.py)
 
     @property
     def display(self) -> str:
@@ -154,6 +155,10 @@ async def acquire_runner(state: EmulatorState, job: Job) -> Runner:
 def _plan(job: Job) -> tuple[list[tuple[str, str]], str]:
     tokens = max(0, job.timing.tokens)
     plan = []
+    if job.scripted is not None:
+        plan = [("content", piece) for piece in job.scripted]
+        limit = job.num_predict
+        return (plan[:limit], "length") if 0 < limit < len(plan) else (plan, "stop")
     if job.think:
         thought = textgen.words(job.display, job.prompt, max(2, tokens // 2), thinking=True)
         plan.extend(("thinking", word) for word in thought)
@@ -229,6 +234,9 @@ async def generate_into(
 
 
 async def run_job(state: EmulatorState, job: Job, sink: Sink) -> web.StreamResponse:
+    script = state.scripts.take(job.entry.name.key)
+    if script is not None:
+        script.apply(job)
     runner = await acquire_runner(state, job)
     try:
         sink.begin()  # errors raised by scheduling still answer with c.JSON

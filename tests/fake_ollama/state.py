@@ -10,6 +10,7 @@ from .control import FaultBook, Observations
 from .models import Catalog, ModelEntry, start_models
 from .pulls import DownloadManager
 from .scheduler import Scheduler
+from .scripts import ScriptBook
 
 
 class EmulatorState:
@@ -17,6 +18,7 @@ class EmulatorState:
         self.settings = settings
         self.obs = Observations()
         self.faults = FaultBook()
+        self.scripts = ScriptBook()
         start, registry = start_models(settings.models)
         self.catalog = Catalog(start, registry)
         self.timings: dict[str, Timing] = {}
@@ -53,6 +55,7 @@ class EmulatorState:
             for runner in self.scheduler.runners.values()
         }
         data["faults"] = self.faults.describe()
+        data["scripts"] = self.scripts.describe()
         return data
 
     def close(self) -> None:

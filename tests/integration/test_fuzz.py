@@ -117,6 +117,8 @@ SWEEP_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/api/session/reset", {"body": {"hard": True}}),
     ("GET", "/api/limits", {}),
     ("POST", "/api/limits/reload", {}),
+    ("GET", "/api/cache", {}),
+    ("DELETE", "/api/cache", {}),
     ("GET", "/api/stats", {}),
     ("GET", "/api/stats/history", {"query": {"seconds": 60}}),
     ("GET", "/api/info", {}),
@@ -127,7 +129,16 @@ SWEEP_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/v1/llm/{model}/stream", {"path_parameters": {"model": "llama3.2:1b"},
                                         "body": {"prompt": "hi"}}),
     ("GET", "/v1/status", {}),
+    ("POST", "/v1/infer", {"body": {"task": "recovery_plan", "input": "disk full"}}),
+    ("GET", "/v1/tasks", {}),
+    ("POST", "/api/tasks/reload", {}),
+    ("GET", "/api/status", {}),
+    ("GET", "/ui", {}),
+    ("GET", "/ui/", {}),
+    ("GET", "/ui/{name}", {"path_parameters": {"name": "app.js"}}),
 ]  # fmt: skip
+# Answered without a key in every mode (the status page's files carry no data).
+PUBLIC_STATUSES = {"GET /ui": 308, "GET /ui/": 200, "GET /ui/{name}": 200}
 
 
 # Operations whose handler reads the body (the others answer 413 only for a chunked one).
@@ -139,6 +150,7 @@ READS_ITS_BODY = {
     ("POST", "/api/session/reset"),
     ("POST", "/v1/llm/{model}"),
     ("POST", "/v1/llm/{model}/stream"),
+    ("POST", "/v1/infer"),
 }
 
 
@@ -158,6 +170,7 @@ def _service_env(state: Path, ollama_url: str) -> dict[str, str]:
         "LLM_STATS_INTERVAL": "0.5",
         "LLM_MODEL_CACHE_TTL": "1",
         "LLM_UPSTREAM_GRACE_SECONDS": "0.2",
+        "LLM_CACHE_MAX_MB": "8",  # fuzzed inference requests pass through the response cache
         # No supervisord here: a hard reset must answer 501 at once.
         "LLM_SUPERVISOR_SOCKET": str(state / "no-supervisor.sock"),
     }
@@ -221,7 +234,12 @@ def _cancel_pulls(service: ServiceProcess) -> None:
 
 
 def no_server_error(ctx, response, case) -> None:
-    """No 5xx, except the 501 a hard reset answers where no supervisord runs (as here)."""
+    """No 5xx, except the 501 a hard reset answers where no supervisord runs (as here), and
+    the 504 of a task request whose caller chose a deadline too short for any answer."""
+    if response.status_code == 504 and case.operation.label == "POST /v1/infer":
+        body = response.json()
+        assert body["type"] == "deadline_exceeded" and case.body.get("deadline_ms"), body
+        return
     if response.status_code == 501 and case.operation.label == "POST /api/session/reset":
         body = response.json()
         assert body["type"] == "not_implemented" and case.body.get("hard") is True, body
@@ -320,11 +338,12 @@ def test_contract_holds_for_refused_keys(auth_service):
     statuses = _sweep(auth_service.management_url, SWEEP_REQUESTS)
     for label, status in statuses.items():
         expected = 200 if label.split()[1].startswith("/health") else 401
+        expected = PUBLIC_STATUSES.get(label, expected)
         if label in ("GET /health", "GET /health/ready"):
             expected = 503  # nothing listens at OLLAMA_URL here
         assert status == expected, label
     mutations = [entry for entry in SWEEP_REQUESTS if is_mutation(entry[0], entry[1])]
-    assert len(mutations) == 9
+    assert len(mutations) == 11  # POST /api/tasks/reload and DELETE /api/cache among them
     statuses = _sweep(auth_service.management_url, mutations, headers={"X-API-Key": USER_KEY})
     assert set(statuses.values()) == {403}, statuses
 

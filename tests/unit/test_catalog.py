@@ -234,6 +234,29 @@ def test_is_installed_uses_normalised_names(catalog):
 # --- metadata
 
 
+def test_digest_of_an_installed_model_and_after_an_invalidation(catalog, ollama, clock):
+    assert catalog.digest("llama3.2:latest") == "d-llama3.2:latest"
+    assert catalog.digest("phi3:mini") is None
+    assert ollama.count("tags") == 1  # a fresh list answers both
+    ollama.installed[0] = tag("llama3.2:latest", digest="d-new")
+    assert catalog.digest("llama3.2:latest") == "d-llama3.2:latest"  # within the TTL
+    catalog.invalidate()  # a pull went through the proxy: the new digest is seen at once
+    assert catalog.digest("llama3.2:latest") == "d-new"
+    assert ollama.count("tags") == 2
+
+
+def test_digest_of_a_name_the_expired_list_lacks_waits_for_a_fresh_list(catalog, ollama, clock):
+    catalog.view()
+    ollama.installed.append(tag("phi3:mini"))
+    clock.now += 31
+    assert catalog.digest("phi3:mini") == "d-phi3:mini"
+
+
+def test_digest_is_none_when_ollama_cannot_tell(catalog, ollama):
+    ollama.tags_error = OllamaUnreachable("down")
+    assert catalog.digest("llama3.2:latest") is None
+
+
 def test_metadata_flattens_the_details():
     entry = model_metadata(tag("llama3.2:latest", size=2019393189, digest="a80c"))
     assert entry == {

@@ -17,6 +17,7 @@ def test_defaults():
     assert s.keep_alive_seconds is None and s.context_length is None
     assert s.stats_interval == 5
     assert s.model_cache_ttl == 30
+    assert (s.cache_max_mb, s.cache_ttl_seconds) == (0, 900)  # the response cache is off
     assert s.limits_file == PROJECT_ROOT / "config" / "limits.toml"
     assert s.log_dir == PROJECT_ROOT / "logs"
     assert s.ollama_log_file == PROJECT_ROOT / "logs" / "ollama.log"
@@ -43,6 +44,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
         "LLM_MODEL_CACHE_TTL": "0",
         "LLM_LIMITS_FILE": str(tmp_path / "limits.toml"),
         "LLM_LIMITS_RELOAD_SECONDS": "0.5",
+        "LLM_TASKS_FILE": str(tmp_path / "tasks.toml"),
         "LLM_LOG_DIR": "var/log",
         "LLM_WORKER_THREADS": "64",
         "LLM_UPSTREAM_CONNECT_TIMEOUT": "1.5",
@@ -61,6 +63,8 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
         "LLM_CORS_ORIGINS": "http://localhost:3001,http://dashboard:3001",
         "LLM_MAX_BODY_MB": "8",
         "LLM_IMPORT_DIR": str(tmp_path / "gguf"),
+        "LLM_CACHE_MAX_MB": "128.5",
+        "LLM_CACHE_TTL_SECONDS": "60",
         "LLM_SUPERVISOR_SOCKET": str(tmp_path / "supervisor.sock"),
     }
     assert set(env) == {s.variable for s in SETTINGS}, "test must cover every declared setting"
@@ -73,6 +77,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
     assert s.stats_interval == 2.5 and s.model_cache_ttl == 0
     assert s.limits_file == tmp_path / "limits.toml"
     assert s.limits_reload_seconds == 0.5
+    assert s.tasks_file == tmp_path / "tasks.toml"
     assert s.log_dir == PROJECT_ROOT / "var" / "log"
     assert s.worker_threads == 64
     assert (s.upstream_connect_timeout, s.upstream_read_timeout) == (1.5, 10)
@@ -87,6 +92,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
     assert s.cors_origins == ("http://localhost:3001", "http://dashboard:3001")
     assert s.max_body_mb == 8 and s.import_dir == tmp_path / "gguf"
     assert s.supervisor_socket == tmp_path / "supervisor.sock"
+    assert (s.cache_max_mb, s.cache_ttl_seconds) == (128.5, 60)
 
 
 def test_models_dir_follows_ollama_models():
@@ -146,6 +152,8 @@ def test_precedence_env_over_file_over_defaults(tmp_path):
         ({"LLM_AUTH_MODE": "strict"},
          "LLM_AUTH_MODE='strict' is invalid: expected one of off, management, all"),
         ({"LLM_MAX_BODY_MB": "0"}, "LLM_MAX_BODY_MB='0' is invalid"),
+        ({"LLM_CACHE_MAX_MB": "-1"}, "LLM_CACHE_MAX_MB='-1' is invalid: expected a number, 0"),
+        ({"LLM_CACHE_TTL_SECONDS": "0"}, "LLM_CACHE_TTL_SECONDS='0' is invalid"),
         ({"LLM_BIND_HOST": "0.0.0.0/0"}, "LLM_BIND_HOST='0.0.0.0/0' is invalid"),
         ({"LLM_PROXY_PORT": "9000", "LLM_MANAGEMENT_PORT": "9000"},
          "LLM_PROXY_PORT and LLM_MANAGEMENT_PORT are both 9000"),

@@ -114,6 +114,14 @@ def test_history_is_bounded(stopped: list[Sampler]) -> None:
         "gpu_memory_used_bytes",
         "gpu_temperature_c",
         "gpu_power_w",
+        # For the status page's charts:
+        "cpu_per_core_percent",
+        "memory_total_bytes",
+        "memory_cached_bytes",
+        "memory_unified",
+        "gpu_frequency_mhz",
+        "thermal_c",
+        "power_rails_w",
     }
     assert sampler.history(seconds=-1.0) == []  # a window entirely in the future
     assert len(sampler.history(seconds=3600)) == 5

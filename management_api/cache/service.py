@@ -1,0 +1,543 @@
+"""The cache in front of admission: serve hits, coalesce identical requests, record misses.
+
+`ResponseCache.forward(request, upstream)` is what the gateway calls first for every request;
+`upstream` is the gateway's own path (admission, then Ollama). For an inference request:
+
+* not cacheable, ``Cache-Control: no-store``, or no digest for its model → BYPASS: forwarded
+  as it is, nothing read or written;
+* a stored answer that can be rendered in the request's shape → HIT: answered here, without a
+  slot and without Ollama;
+* an identical request already running → wait for it (watching our own client), then replay its
+  answer → COALESCED. If it fails or is cancelled, the next waiter goes upstream itself;
+* otherwise → MISS (``no-cache``: BYPASS): forwarded; the relayed body is recorded as it passes
+  (never read ahead of the client) and stored when it finished with ``stop``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
+
+from management_api import errors
+from management_api.cache.answers import Answer, finish_reason, render
+from management_api.cache.embeddings import EmbedItem, compose_answer, split_answer
+from management_api.cache.policy import (
+    JSON,
+    NDJSON,
+    NO_CACHE,
+    NO_STORE,
+    Plan,
+    cache_control,
+    embed_items,
+    is_cacheable,
+    item_key,
+    request_key,
+    request_shape,
+)
+from management_api.cache.store import LruStore
+from management_api.proxy.gateway import ClientRequest, ForwardedResponse
+from management_api.proxy.inference import INFERENCE_ROUTES, classify, parse_body
+from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone
+
+log = logging.getLogger(__name__)
+
+HEADER = "X-Cache"
+HIT, MISS, BYPASS, COALESCED = "HIT", "MISS", "BYPASS", "COALESCED"
+RESULTS = (HIT, MISS, BYPASS, COALESCED)
+WAIT_STEP_SECONDS = 0.25  # how often a waiting request looks at its own client
+COALESCE_MAX_WAIT_SECONDS = 900.0  # then a waiter stops waiting and goes upstream itself
+
+Upstream = Callable[[ClientRequest], ForwardedResponse]
+
+
+class CacheObserver(Protocol):
+    def on_cache_result(self, route: str, result: str) -> None: ...
+
+
+class ServedLog(Protocol):
+    """Writes the access-log line of a request answered without Ollama (the gateway's log)."""
+
+    def __call__(
+        self, request: ClientRequest, *, started: float, status: int, outcome: str, **extra: Any
+    ) -> None: ...
+
+
+class _Flight:
+    """One upstream call that identical requests wait for."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.answer: Answer | None = None
+        self.waiters = 0
+
+
+def _may_end(shape: str, chunk: bytes) -> bool:
+    """Whether a relayed chunk may hold the end of an answer (checked properly only then)."""
+    if shape == JSON:
+        return chunk.rstrip().endswith(b"}")
+    if shape == NDJSON:
+        last_line = chunk[chunk.rfind(b"\n", 0, len(chunk) - 1) + 1 :]
+        return chunk.endswith(b"\n") and b'"done":true' in last_line
+    return chunk.endswith(b"data: [DONE]\n\n")
+
+
+class _Recorder:
+    """The relayed body, recorded as it passes (nothing is read ahead of the client).
+
+    `on_end` is called exactly once: with the whole body as soon as it holds a finished answer
+    (before its last chunk is handed on, so a caller that repeats the request at once finds it
+    stored), else at ``close()`` with the body when it was relayed completely, or None when it
+    was cut, failed, or grew past `limit`.
+    """
+
+    def __init__(
+        self,
+        body: Iterable[bytes],
+        *,
+        shape: str,
+        kind: str,
+        limit: int,
+        on_end: Callable[[bytes | None], None],
+    ) -> None:
+        self._body = body
+        self._shape = shape
+        self._kind = kind
+        self._limit = limit
+        self._on_end = on_end
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._ended = False
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._body:
+            if not self._ended and self._size <= self._limit:
+                self._size += len(chunk)
+                self._parts.append(chunk)
+                if self._size <= self._limit and _may_end(self._shape, chunk):
+                    body = b"".join(self._parts)
+                    if finish_reason(self._kind, self._shape, body) is not None:
+                        self._end(body)
+            yield chunk
+
+    def _end(self, body: bytes | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._parts = []
+        try:
+            self._on_end(body)
+        except Exception:
+            log.exception("recording a cached answer failed")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            complete = getattr(self._body, "complete", False) and self._size <= self._limit
+            self._end(b"".join(self._parts) if complete else None)
+
+
+def _with_header(response: ForwardedResponse, result: str) -> ForwardedResponse:
+    return dataclasses.replace(response, headers=[*response.headers, (HEADER, result)])
+
+
+class ResponseCache:
+    def __init__(
+        self,
+        *,
+        max_bytes: int,
+        ttl_seconds: float,
+        digest_of: Callable[[str], str | None],
+        log_served: ServedLog | None = None,
+        observer: CacheObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        coalesce_max_wait: float = COALESCE_MAX_WAIT_SECONDS,
+    ) -> None:
+        self.store = LruStore(max_bytes=max_bytes, ttl_seconds=ttl_seconds, clock=clock)
+        self._digest_of = digest_of
+        self._log_served = log_served
+        self._observer = observer
+        self._clock = clock
+        self._coalesce_max_wait = coalesce_max_wait
+        self._lock = threading.Lock()
+        self._flights: dict[str, _Flight] = {}
+        self._counts: dict[tuple[str, str], dict[str, int]] = {}
+        self._totals = dict.fromkeys(RESULTS, 0)
+
+    # --- the entry point
+
+    def forward(self, request: ClientRequest, upstream: Upstream) -> ForwardedResponse:
+        started = self._clock()
+        plan = self.plan(request)
+        if plan is None:
+            return upstream(request)
+        if not plan.cacheable:
+            return self._pass(plan, request, upstream, BYPASS)
+        if plan.items is not None:
+            return self._embed(plan, request, upstream, started)
+        if plan.refresh:
+            return self._pass(plan, request, upstream, BYPASS, record=True)
+        served = self._lookup(plan, request, started, HIT)
+        return served or self._lead_or_follow(plan, request, upstream, started)
+
+    def plan(self, request: ClientRequest) -> Plan | None:
+        """What to do with a request; None for anything that is not an inference answer."""
+        if request.method != "POST" or request.path not in INFERENCE_ROUTES:
+            return None
+        payload = request.payload if request.payload is not None else parse_body(request.body)
+        request.payload = payload  # the gateway's admission reuses the parsed body
+        intent = classify(request.path, payload)
+        if intent is None or intent.control is not None:
+            return None  # load/unload forms are not answers
+        directives = cache_control(request.headers)
+        if NO_STORE in directives or not is_cacheable(intent, payload):
+            return Plan(intent, payload if isinstance(payload, dict) else {}, cacheable=False)
+        assert isinstance(payload, dict) and intent.model_key is not None
+        digest = self._digest_of(intent.model_key)
+        if digest is None:  # not installed, or Ollama cannot say: Ollama answers itself
+            return Plan(intent, payload, cacheable=False)
+        refresh = NO_CACHE in directives
+        try:
+            if intent.kind == "embed":
+                items = embed_items(payload)
+                if items is not None:
+                    keys = tuple(item_key(request.path, digest, payload, i) for i in items)
+                    return Plan(intent, payload, True, items=items, item_keys=keys,
+                                refresh=refresh, digest=digest)  # fmt: skip
+            key = request_key(request.path, digest, payload)
+        except ValueError:  # NaN and the like: no exact key
+            return Plan(intent, payload, cacheable=False)
+        shape = request_shape(intent, payload)
+        return Plan(intent, payload, True, key=key, shape=shape, refresh=refresh, digest=digest)
+
+    # --- hits and coalescing
+
+    def _lookup(
+        self, plan: Plan, request: ClientRequest, started: float, result: str
+    ) -> ForwardedResponse | None:
+        assert plan.key is not None
+        entry = self.store.get(plan.key)
+        if entry is None:
+            return None
+        rendered = render(entry.value, plan.shape)
+        if rendered is None:
+            return None
+        return self._served(plan, request, started, rendered, result)
+
+    def _served(
+        self,
+        plan: Plan,
+        request: ClientRequest,
+        started: float,
+        rendered: tuple[str, list[bytes]],
+        result: str,
+    ) -> ForwardedResponse:
+        content_type, pieces = rendered
+        headers = [("Content-Type", content_type)]
+        if plan.shape == JSON:
+            headers.append(("Content-Length", str(sum(map(len, pieces)))))
+        headers.append((HEADER, result))
+        self._count(plan, result)
+        request.cache = result
+        if self._log_served is not None:
+            self._log_served(request, started=started, status=200,
+                             outcome="cache_hit" if result == HIT else "coalesced",
+                             bytes_sent=sum(map(len, pieces)))  # fmt: skip
+        return ForwardedResponse(status=200, headers=headers, body=pieces)
+
+    def _lead_or_follow(
+        self, plan: Plan, request: ClientRequest, upstream: Upstream, started: float
+    ) -> ForwardedResponse:
+        assert plan.key is not None
+        deadline = self._clock() + self._coalesce_max_wait
+        while True:
+            with self._lock:
+                flight = self._flights.get(plan.key)
+                if flight is None:
+                    flight = self._flights[plan.key] = _Flight()
+                    break
+                flight.waiters += 1
+            try:
+                answer = self._wait(flight, request, started, deadline)
+            finally:
+                with self._lock:
+                    flight.waiters -= 1
+            if answer is not None:
+                rendered = render(answer, plan.shape)
+                if rendered is not None:
+                    return self._served(plan, request, started, rendered, COALESCED)
+            if answer is not None or self._clock() >= deadline:
+                return self._pass(plan, request, upstream, MISS, record=True)
+            # The first request failed or was cancelled: look again, then lead or wait anew.
+            served = self._lookup(plan, request, started, HIT)
+            if served is not None:
+                return served
+        return self._pass(plan, request, upstream, MISS, record=True, flight=flight)
+
+    def _wait(
+        self, flight: _Flight, request: ClientRequest, started: float, deadline: float
+    ) -> Answer | None:
+        while not flight.done.wait(WAIT_STEP_SECONDS):
+            if request.watch.gone():
+                if self._log_served is not None:
+                    self._log_served(request, started=started, status=CLIENT_CLOSED_STATUS,
+                                     outcome="client_gone_coalescing")  # fmt: skip
+                raise ClientGone()
+            if self._clock() >= deadline:
+                return None
+        return flight.answer
+
+    def _land(self, key: str, flight: _Flight, answer: Answer | None) -> None:
+        with self._lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.answer = answer
+        flight.done.set()
+
+    # --- misses
+
+    def _pass(
+        self,
+        plan: Plan,
+        request: ClientRequest,
+        upstream: Upstream,
+        result: str,
+        *,
+        record: bool = False,
+        flight: _Flight | None = None,
+    ) -> ForwardedResponse:
+        """Forward upstream; with `record`, keep the answer when it finished with ``stop``."""
+        request.cache = result
+        try:
+            response = upstream(request)
+        except BaseException:
+            if flight is not None:
+                assert plan.key is not None
+                self._land(plan.key, flight, None)
+            raise
+        self._count(plan, result)
+        if not record or response.status != 200:
+            if flight is not None:
+                assert plan.key is not None
+                self._land(plan.key, flight, None)
+            return _with_header(response, result)
+        content_type = next(
+            (v for n, v in response.headers if n.lower() == "content-type"), "application/json"
+        )
+
+        def recorded(body: bytes | None) -> None:
+            answer = self._keep(plan, content_type, body) if body is not None else None
+            if flight is not None:
+                assert plan.key is not None
+                self._land(plan.key, flight, answer)
+
+        body = _Recorder(response.body, shape=plan.shape, kind=plan.intent.kind,
+                         limit=self.store.max_bytes // 4, on_end=recorded)  # fmt: skip
+        return dataclasses.replace(
+            response, headers=[*response.headers, (HEADER, result)], body=body
+        )
+
+    def _keep(self, plan: Plan, content_type: str, body: bytes) -> Answer | None:
+        """Store a relayed answer; return it when waiting requests may share it."""
+        kind = plan.intent.kind
+        reason = finish_reason(kind, plan.shape, body)
+        if reason is None:
+            return None
+        if plan.items is not None:
+            self._keep_items(plan, list(plan.items), body)
+            return None
+        answer = Answer(kind, {plan.shape: body}, {plan.shape: content_type})
+        if reason == "stop":
+            assert plan.key is not None
+            entry = self.store.get(plan.key)
+            if entry is not None and isinstance(entry.value, Answer):
+                answer = entry.value.merged(answer)
+            self.store.put(plan.key, request_route(plan), self._model(plan), answer, answer.size)
+        return answer
+
+    # --- /api/embed, item by item
+
+    def _embed(
+        self, plan: Plan, request: ClientRequest, upstream: Upstream, started: float
+    ) -> ForwardedResponse:
+        assert plan.items is not None
+        found: dict[int, EmbedItem] = {}
+        if not plan.refresh:
+            for index, key in enumerate(plan.item_keys):
+                entry = self.store.get(key)
+                if entry is not None and isinstance(entry.value, EmbedItem):
+                    found[index] = entry.value
+        result = BYPASS if plan.refresh else MISS
+        if not found:
+            return self._pass(plan, request, upstream, result, record=True)
+        model = str(plan.payload.get("model"))
+        if len(found) == len(plan.items):
+            items = [found[i] for i in range(len(plan.items))]
+            body = compose_answer(
+                model,
+                items,
+                total_duration=max(item.total_duration for item in items),
+                load_duration=max(item.load_duration for item in items),
+                prompt_eval_count=sum(item.tokens for item in items),
+            )
+            return self._served(plan, request, started,
+                                ("application/json; charset=utf-8", [body]), HIT)  # fmt: skip
+        return self._embed_misses(plan, request, upstream, found, model)
+
+    def _embed_misses(
+        self,
+        plan: Plan,
+        request: ClientRequest,
+        upstream: Upstream,
+        found: dict[int, EmbedItem],
+        model: str,
+    ) -> ForwardedResponse:
+        """Send only the inputs not found (once each, in order) and reassemble the answer."""
+        assert plan.items is not None
+        missing = list(dict.fromkeys(t for i, t in enumerate(plan.items) if i not in found))
+        payload = {**plan.payload, "input": missing}
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        partial = dataclasses.replace(request, body=body, payload=payload,
+                                      content_length=len(body))  # fmt: skip
+        partial.cache = request.cache = MISS
+        response = upstream(partial)
+        self._count(plan, MISS)
+        if response.status != 200:
+            return _with_header(response, MISS)
+        chunks: list[bytes] = []
+        try:
+            for chunk in response.body:
+                chunks.append(chunk)
+        finally:
+            close = getattr(response.body, "close", None)
+            if close is not None:
+                close()
+        if not getattr(response.body, "complete", False):
+            if request.watch.gone():
+                raise ClientGone()
+            raise errors.UpstreamError("the connection to Ollama failed mid-answer")
+        try:
+            answer = json.loads(b"".join(chunks))
+        except ValueError:
+            answer = None
+        fetched = split_answer(missing, answer) if isinstance(answer, dict) else None
+        if fetched is None:
+            raise errors.UpstreamError("Ollama sent an embedding answer that does not fit")
+        self._store_items(plan, fetched)
+        items = [found.get(i) or fetched[text] for i, text in enumerate(plan.items)]
+        upstream_tokens = answer.get("prompt_eval_count")
+        tokens = upstream_tokens if isinstance(upstream_tokens, int) else 0
+        out = compose_answer(
+            model,
+            items,
+            total_duration=int(answer.get("total_duration") or 0),
+            load_duration=int(answer.get("load_duration") or 0),
+            prompt_eval_count=tokens + sum(item.tokens for item in found.values()),
+        )
+        headers = [(n, v) for n, v in response.headers if n.lower() != "content-length"]
+        headers += [("Content-Length", str(len(out))), (HEADER, MISS)]
+        return ForwardedResponse(status=200, headers=headers, body=[out])
+
+    def _keep_items(self, plan: Plan, texts: list[str], body: bytes) -> None:
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            return
+        unique = list(dict.fromkeys(texts))
+        if isinstance(answer, dict) and len(unique) != len(texts):
+            vectors = answer.get("embeddings")
+            if not isinstance(vectors, list) or len(vectors) != len(texts):
+                return
+            first = {text: vectors[texts.index(text)] for text in unique}
+            answer = {**answer, "embeddings": [first[t] for t in unique]}
+        items = split_answer(unique, answer) if isinstance(answer, dict) else None
+        if items is not None:
+            self._store_items(plan, items)
+
+    def _store_items(self, plan: Plan, items: dict[str, EmbedItem]) -> None:
+        assert plan.items is not None and plan.digest is not None
+        route, model = request_route(plan), self._model(plan)
+        for text, item in items.items():
+            key = item_key(route, plan.digest, plan.payload, text)
+            self.store.put(key, route, model, item, item.size)
+
+    # --- bookkeeping
+
+    @staticmethod
+    def _model(plan: Plan) -> str:
+        return plan.intent.model_key or ""
+
+    def _count(self, plan: Plan, result: str) -> None:
+        route = request_route(plan)
+        with self._lock:
+            self._totals[result] += 1
+            if plan.digest is not None:  # installed models only: a bounded set of labels
+                counts = self._counts.setdefault(
+                    (route, self._model(plan)), dict.fromkeys(RESULTS, 0)
+                )
+                counts[result] += 1
+        if self._observer is not None:
+            self._observer.on_cache_result(route, result)
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._flights)
+
+    def clear(self) -> int:
+        return self.store.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        """What GET /api/cache shows."""
+        stored = self.store.snapshot()
+        with self._lock:
+            totals = dict(self._totals)
+            counts = {k: dict(v) for k, v in self._counts.items()}
+            in_flight = len(self._flights)
+            waiting = sum(flight.waiters for flight in self._flights.values())
+        rows = []
+        for route, model in sorted(set(counts) | set(stored["groups"])):
+            group = stored["groups"].get((route, model), {"entries": 0, "bytes": 0})
+            results = counts.get((route, model), dict.fromkeys(RESULTS, 0))
+            rows.append({"route": route, "model": model, **group,
+                         **_results(results)})  # fmt: skip
+        return {
+            "enabled": True,
+            "max_bytes": self.store.max_bytes,
+            "ttl_seconds": self.store.ttl_seconds,
+            "entries": stored["entries"],
+            "bytes": stored["bytes"],
+            "evictions": stored["evictions"],
+            "expirations": stored["expirations"],
+            "in_flight": in_flight,
+            "waiting": waiting,
+            **_results(totals),
+            "routes": rows,
+        }
+
+
+_ROUTE_OF_KIND = {kind: path for path, kind in INFERENCE_ROUTES.items()}
+
+
+def request_route(plan: Plan) -> str:
+    """The route a plan's request came to (a bounded label)."""
+    return _ROUTE_OF_KIND.get(plan.intent.kind, "other")
+
+
+def _results(counts: dict[str, int]) -> dict[str, Any]:
+    looked_up = counts[HIT] + counts[COALESCED] + counts[MISS]
+    ratio = round((counts[HIT] + counts[COALESCED]) / looked_up, 4) if looked_up else None
+    return {
+        "requests": {result.lower(): counts[result] for result in RESULTS},
+        "hit_ratio": ratio,
+    }
