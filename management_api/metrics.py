@@ -55,6 +55,14 @@ class Metrics:
             f"{PREFIX}_time_to_first_byte_seconds", "From arrival to Ollama's first byte",
             ["route"], buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
+        self.swaps = Counter(
+            f"{PREFIX}_swaps", "Admissions that made Ollama unload a model to load this one",
+            ["model"], registry=self.registry,
+        )  # fmt: skip
+        self.held = Histogram(
+            f"{PREFIX}_held_seconds", "Time the affinity scheduler held a request back",
+            ["model"], buckets=WAIT_BUCKETS, registry=self.registry,
+        )  # fmt: skip
         self.tokens = Counter(
             f"{PREFIX}_generated_tokens", "Tokens generated (eval_count of final lines)",
             ["model"], registry=self.registry,
@@ -63,6 +71,12 @@ class Metrics:
     # LimiterObserver
     def on_admit(self, model: str, wait_s: float) -> None:
         self.queue_wait.labels(model).observe(wait_s)
+
+    def on_held(self, model: str, held_s: float) -> None:
+        self.held.labels(model).observe(held_s)
+
+    def on_swap(self, model: str, evicted: tuple[str, ...]) -> None:
+        self.swaps.labels(model).inc()
 
     # RequestObserver
     def on_request_done(self, record: dict[str, Any]) -> None:

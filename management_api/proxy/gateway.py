@@ -498,6 +498,7 @@ class Gateway:
         }
         if record.slot is not None:
             line["model_key"] = record.slot.model  # normalised and admitted: a bounded label
+            line["held_ms"] = round(record.slot.held_seconds * 1000, 2)
         ttfb = extra.pop("ttfb", None)
         if ttfb is not None:
             line["ttfb_ms"] = round(ttfb * 1000, 2)
