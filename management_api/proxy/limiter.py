@@ -445,7 +445,8 @@ class Limiter:
             events: list[tuple[str, str, Any]] = []
             remaining = 0.0
             with self._lock:
-                if not ticket.done and self._scheduler.active:
+                held = self._scheduler.active and ticket._state.hold is not None
+                if not ticket.done and held:
                     # A hold ends by time too (max_hold_seconds), not only by a release.
                     self._dispatch_locked(events)
                 if not ticket.done:
@@ -463,7 +464,7 @@ class Limiter:
             if ticket.rejection is not None:
                 raise _ERROR_FOR_REASON[ticket.rejection.reason](ticket.rejection)
             timeout = remaining if is_cancelled is None else min(remaining, poll_seconds)
-            if self._scheduler.active:
+            if self._scheduler.active and ticket._state.hold is not None:
                 timeout = min(timeout, SCHEDULER_RECHECK_SECONDS)
             if ticket.wait(timeout):
                 continue
@@ -789,7 +790,7 @@ class Limiter:
                 if not state.queue or not self._scheduler.active:
                     continue
                 # A model at its own limit is not asked, yet a drain holds it all the same.
-                hold = self._scheduler.draining_hold(key) or state.hold
+                hold = self._scheduler.draining_hold(key, self._work) or state.hold
                 if hold is not None:
                     holds[key] = hold.to_dict()
         snapshot["scheduler"] = self._scheduler.snapshot()

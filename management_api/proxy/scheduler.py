@@ -119,7 +119,7 @@ class ModelScheduler:
         if not self.active:
             return None
         with self._lock:
-            target = self._draining.get(key)
+            target = self._live_drain_locked(key, work)
             if target is not None:
                 return Hold(DRAINING, (target,))
             if key in self._loaded:
@@ -138,11 +138,21 @@ class ModelScheduler:
                 return None
             return Hold(DRAINING_FOR_SWAP, running)
 
-    def draining_hold(self, key: str) -> Hold | None:
+    def draining_hold(self, key: str, work: Work) -> Hold | None:
         """The hold of a model that is being drained for another one, if it is."""
         with self._lock:
-            target = self._draining.get(key)
-            return Hold(DRAINING, (target,)) if target is not None and self.active else None
+            target = self._live_drain_locked(key, work) if self.active else None
+            return Hold(DRAINING, (target,)) if target is not None else None
+
+    def _live_drain_locked(self, key: str, work: Work) -> str | None:
+        """The model ``key`` drains for; a drain whose target has nobody waiting any more (all
+        left or timed out) is called off, so the drained model takes requests again."""
+        target = self._draining.get(key)
+        if target is None or work(target)[1] > 0:
+            return target
+        for victim in [v for v, t in self._draining.items() if t == target]:
+            del self._draining[victim]
+        return None
 
     def on_admit(self, key: str, now: float, work: Work) -> Admitted:
         """Record that ``key`` now runs in Ollama: loaded, and what it evicted."""

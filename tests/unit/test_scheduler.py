@@ -6,6 +6,8 @@ Driven through the limiter with a fake clock (``submit`` + ``recheck``), like te
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -238,3 +240,51 @@ def test_switching_to_fifo_releases_every_hold():
     assert b.slot is None
     limiter.update_config(parse_limits('[scheduler]\npolicy = "fifo"', "test.toml"))
     assert b.slot is not None
+
+
+def test_a_drain_is_called_off_when_the_held_requests_leave():
+    limiter, clock, _ = make(hold=1)
+    a = slot_of(limiter.submit(A))
+    b = limiter.submit(B)
+    clock.advance(1.5)
+    a_next = limiter.submit(A)
+    limiter.recheck()  # B's hold ran out: A drains
+    assert limiter.scheduler.snapshot()["draining"] == {A: B}
+    assert b.cancel()  # B's client goes away
+    clock.advance(0.1)
+    a.release()
+    assert a_next.slot is not None  # A takes requests again
+    assert limiter.scheduler.snapshot()["draining"] == {}
+    assert loaded(limiter) == [A]
+
+
+def test_blocking_waiters_see_the_hold_run_out_by_themselves():
+    """Real clock and threads: nobody calls recheck; the held waiter's own polling does."""
+    limiter = Limiter(
+        parse_limits(
+            "[defaults]\nmax_concurrency = 1\nmax_wait_seconds = 10\n"
+            '[scheduler]\npolicy = "affinity"\nmax_loaded_models = 1\nmax_hold_seconds = 0.3'
+        )
+    )
+    running = limiter.acquire(A)
+    got: dict[str, Slot] = {}
+
+    def take(model: str) -> None:
+        got[model] = limiter.acquire(model, is_cancelled=lambda: False)
+
+    threads = [threading.Thread(target=take, args=(m,)) for m in (B, A)]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.05)
+    deadline = time.monotonic() + 5
+    while limiter.scheduler.snapshot()["draining"] != {A: B} and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert limiter.scheduler.snapshot()["draining"] == {A: B}
+    assert got == {}
+    running.release()  # the drain ends: B goes before the queued A
+    threads[0].join(5)
+    assert B in got and A not in got
+    got[B].release()
+    threads[1].join(5)
+    assert A in got and got[A].swap
+    got[A].release()
