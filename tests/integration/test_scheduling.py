@@ -52,7 +52,7 @@ def test_fairness_bound_admits_a_held_model_under_a_steady_stream(service, emula
     """A steady stream for A keeps A busy; one request for B gets in after max_hold + drain."""
     hold = 1.0
     service.set_limits(limits_text("affinity", max_hold_seconds=hold))
-    prepare_emulator(emulator, load_seconds=0.2, tokens=10)  # ~50 ms per A request
+    prepare_emulator(emulator, load_seconds=0.2, tokens=20)  # ~100 ms per A request
     stop = threading.Event()
     a_done: list[int] = []
 
@@ -62,7 +62,7 @@ def test_fairness_bound_admits_a_held_model_under_a_steady_stream(service, emula
             response = requests.post(service.proxy + "/api/generate", json=body, timeout=30)
             a_done.append(response.status_code)
 
-    clients = [threading.Thread(target=stream_a, daemon=True) for _ in range(3)]
+    clients = [threading.Thread(target=stream_a, daemon=True) for _ in range(5)]
     for client in clients:
         client.start()
     try:
@@ -77,7 +77,7 @@ def test_fairness_bound_admits_a_held_model_under_a_steady_stream(service, emula
             client.join(30)
     assert response.status_code == 200
     queue_wait = float(response.headers["X-Queue-Wait-Ms"]) / 1000
-    # Held: three clients keep A's queue non-empty, so B waits for the hold to run out...
+    # Held: five clients keep A's queue non-empty, so B waits for the hold to run out...
     assert queue_wait >= hold * 0.8, queue_wait
     # ...and not much longer: the drain (one A request) plus B's load and generation.
     assert b_latency < hold + 5.0, b_latency
