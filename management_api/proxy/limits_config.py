@@ -91,7 +91,7 @@ class SchedulerConfig:
     """``[scheduler]``: how admissions are ordered across models (see proxy/scheduler.py)."""
 
     policy: str = FIFO
-    max_loaded_models: int = 0  # 0 = OLLAMA_MAX_LOADED_MODELS, else memory and model sizes
+    max_loaded_models: int = 0  # 0 = OLLAMA_MAX_LOADED_MODELS and memory vs model sizes
     max_hold_seconds: float = 20.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,7 +149,7 @@ _OPTIONAL_SECONDS_FORM = "a finite number of seconds >= 0 (0 = off)"
 _ZERO_ALLOWED = frozenset({"early_headers_after_seconds"})
 _GLOBAL_FORM = "an integer >= 0 (0 = no global cap)"
 _POLICY_FORM = " or ".join(f'"{policy}"' for policy in SCHEDULER_POLICIES)
-_MAX_LOADED_FORM = "an integer >= 0 (0 = from OLLAMA_MAX_LOADED_MODELS or memory)"
+_MAX_LOADED_FORM = "an integer >= 0 (0 = from OLLAMA_MAX_LOADED_MODELS and memory)"
 
 
 def _fail(source: str, path: str, problem: str, expected: str) -> LimitsConfigError:

@@ -15,8 +15,9 @@ before it admits a request of a model:
 What is loaded is the scheduler's belief: ``/api/ps`` read at most every ``refresh_seconds`` (on a
 short-lived thread, never under the limiter's lock, never once per request), kept fresh in
 between by our own admissions (admitting a model loads it and evicts what Ollama would evict).
-How many models fit: ``max_loaded_models``, else ``OLLAMA_MAX_LOADED_MODELS``, else the memory
-budget against the model sizes (``/api/ps`` sizes when loaded, catalog sizes otherwise).
+How many models fit: ``max_loaded_models`` when set; otherwise as Ollama judges it, at most
+``OLLAMA_MAX_LOADED_MODELS`` (3 when unset) and only what the memory budget holds by the model
+sizes (``/api/ps`` sizes when loaded, catalog sizes otherwise).
 
 The limiter calls ``decide`` and ``on_admit`` while holding its own lock; the scheduler never
 calls back into the limiter, and its own lock is innermost. No Flask, no sockets of its own.
@@ -192,7 +193,7 @@ class ModelScheduler:
     # --- capacity ------------------------------------------------------------------------------
 
     def max_loaded(self) -> int:
-        """How many models the scheduler lets stay loaded together (0 = only the memory says)."""
+        """The most models the scheduler lets stay loaded together (memory may allow fewer)."""
         if self.config.max_loaded_models > 0:
             return self.config.max_loaded_models
         if self._env_max_loaded > 0:
@@ -200,8 +201,9 @@ class ModelScheduler:
         return OLLAMA_DEFAULT_MAX_LOADED
 
     def _memory_budget(self) -> int | None:
-        # Only when the count is not given: an operator's count is taken at its word.
-        if self.config.max_loaded_models > 0 or self._env_max_loaded > 0:
+        # An operator's count in the limits file is taken at its word; otherwise, like Ollama,
+        # both the count (OLLAMA_MAX_LOADED_MODELS) and the memory must allow a model in.
+        if self.config.max_loaded_models > 0:
             return None
         if not self._budget_known and self._memory_bytes is not None:
             self._budget_known = True

@@ -233,6 +233,28 @@ def test_memory_budget_decides_what_fits_when_no_count_is_given():
     assert scheduler.snapshot()["memory_budget_bytes"] == 10
 
 
+def test_ollama_max_loaded_models_and_memory_both_apply_unless_the_file_gives_a_count():
+    def build(max_loaded: int) -> tuple[Limiter, ModelScheduler]:
+        scheduler = ModelScheduler(
+            fetch_loaded=lambda: [],
+            fetch_sizes=lambda: {A: 6, B: 6, C: 3},
+            env_max_loaded=2,
+            memory_bytes=lambda: 10,
+        )
+        limiter, _, _ = make(max_loaded=max_loaded, scheduler=scheduler)
+        scheduler.refresh()
+        return limiter, scheduler
+
+    limiter, scheduler = build(0)
+    slot_of(limiter.submit(A))
+    assert limiter.submit(B).slot is None  # count 2 would allow it; 6 + 6 > 10 does not
+    assert limiter.submit(C).slot is not None  # 6 + 3 fit, and 2 models <= 2
+    assert scheduler.max_loaded() == 2
+    limiter, scheduler = build(2)  # the file's count wins: memory is not consulted
+    slot_of(limiter.submit(A))
+    assert limiter.submit(B).slot is not None
+
+
 def test_switching_to_fifo_releases_every_hold():
     limiter, _, _ = make()
     slot_of(limiter.submit(A))
