@@ -104,3 +104,15 @@ def test_an_error_after_early_headers_ends_the_body_with_the_error_object(servic
     assert error["type"] == "concurrency_limit"
     assert "concurrency limit" in error["error"] and error["reason"] == "queue_timeout"
     assert service.model_counters(MODEL)["rejected"]["queue_timeout"] == 1
+
+
+def test_a_chunked_request_takes_the_flask_path_and_gets_early_headers_too(service, emulator):
+    service.set_limits(LIMITS)
+    slow(emulator, 1.6)
+    body = json.dumps({"model": MODEL, "prompt": "hi", "stream": False}).encode()
+    response = requests.post(  # a generator body is sent chunked: no Content-Length
+        service.proxy + "/api/generate", data=iter([body]), timeout=30
+    )
+    assert response.status_code == 200
+    assert response.headers["X-Early-Headers"] == "1"
+    assert response.content.startswith(b" ") and response.json()["done"] is True
