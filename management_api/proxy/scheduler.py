@@ -97,6 +97,7 @@ class ModelScheduler:
         self._draining: dict[str, str] = {}  # victim -> the model it drains for
         self._last_admit: dict[str, float] = {}
         self._swap_seconds: dict[str, float] = {}  # EWMA of the extra time a swap cost
+        self._seconds_per_byte: float | None = None  # the same across models, per byte of size
         self._swaps = 0
         self._refreshed_at: float | None = None
         self._refreshing = False
@@ -182,13 +183,24 @@ class ModelScheduler:
             self._swap_seconds[key] = (
                 value if previous is None else previous + SWAP_EWMA_ALPHA * (value - previous)
             )
+            size = self._size(key)
+            if size:
+                rate, old = value / size, self._seconds_per_byte
+                self._seconds_per_byte = (
+                    rate if old is None else old + SWAP_EWMA_ALPHA * (rate - old)
+                )
 
     def swap_estimate(self, key: str, work: Work) -> float:
         """Seconds a swap ahead of ``key`` is expected to add (0 when it needs none)."""
         with self._lock:
             if key in self._loaded or not self._victims_locked(key, work):
                 return 0.0
-            return self._swap_seconds.get(key, 0.0)
+            known = self._swap_seconds.get(key)
+            if known is not None:
+                return known
+            # Never swapped in yet: scale what other models' loads cost by its size.
+            size = self._size(key)
+            return size * self._seconds_per_byte if size and self._seconds_per_byte else 0.0
 
     # --- capacity ------------------------------------------------------------------------------
 

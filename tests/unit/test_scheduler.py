@@ -310,3 +310,19 @@ def test_blocking_waiters_see_the_hold_run_out_by_themselves():
     threads[1].join(5)
     assert A in got and got[A].swap
     got[A].release()
+
+
+def test_a_model_never_swapped_in_gets_a_swap_estimate_scaled_by_its_size():
+    scheduler = ModelScheduler(fetch_loaded=lambda: [], fetch_sizes=lambda: {A: 2, B: 4, C: 8})
+    limiter, clock, _ = make(scheduler=scheduler)
+    scheduler.refresh()
+    a = slot_of(limiter.submit(A))
+    clock.advance(1)
+    a.release()
+    b = slot_of(limiter.submit(B))
+    clock.advance(2)  # B's first request: 2 s more than nothing, for 4 bytes
+    b.release()
+    idle = lambda _key: (0, 0)  # noqa: E731
+    assert scheduler.swap_estimate(B, idle) == 0.0  # loaded: no swap ahead
+    assert scheduler.swap_estimate(A, idle) == pytest.approx(1.0)  # A: 2 bytes x 0.5 s/byte
+    assert scheduler.swap_estimate(C, idle) == pytest.approx(4.0)
