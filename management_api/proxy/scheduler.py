@@ -26,6 +26,7 @@ calls back into the limiter, and its own lock is innermost. No Flask, no sockets
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 OLLAMA_DEFAULT_MAX_LOADED = 3
 DEFAULT_REFRESH_SECONDS = 30.0
 SWAP_EWMA_ALPHA = 0.3
+# A model admitted this shortly before an /api/ps read may not be listed yet (its request can
+# still be on its way, or queued behind another load in Ollama): it stays in the belief.
+FRESH_ADMISSION_SECONDS = 10.0
 
 # Why a model is held (``/api/limits`` ``held_reason``).
 NEEDS_SWAP = "needs_swap"  # would evict a model that still has work; waits up to max_hold
@@ -299,13 +303,20 @@ class ModelScheduler:
         for key, size in loaded:
             if key not in self._loaded:
                 merged[key] = size
-        for key in self._loaded:
+        fresh: list[tuple[str, int | None]] = []
+        for key, size in self._loaded.items():
             if key in seen:
-                merged[key] = seen[key] if seen[key] is not None else self._loaded[key]
-            elif self._last_admit.get(key, -1.0) >= started:
-                merged[key] = self._loaded[key]  # admitted meanwhile; /api/ps lags behind
+                merged[key] = seen[key] if seen[key] is not None else size
+            elif self._last_admit.get(key, -math.inf) >= started - FRESH_ADMISSION_SECONDS:
+                fresh.append((key, size))  # admitted lately; /api/ps lags behind
         self._loaded = merged
-        for victim in [v for v in self._draining if v not in merged]:
+        # What Ollama listed plus what we sent since must still fit: loading the fresh ones
+        # makes Ollama unload the least recently used of the others, and so does our belief.
+        for key, size in fresh:
+            for victim in self._victims_locked(key, lambda _key: (0, 0)):
+                del self._loaded[victim]
+            self._loaded[key] = size
+        for victim in [v for v in self._draining if v not in self._loaded]:
             del self._draining[victim]
 
     # --- views ---------------------------------------------------------------------------------

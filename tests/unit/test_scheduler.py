@@ -198,7 +198,8 @@ def test_ps_refresh_replaces_the_belief_but_keeps_fresh_admissions():
     slot_of(limiter.submit(B))
     assert loaded(limiter) == [A, C, B]
     answers[0] = [(C, 50)]  # A expired in Ollama; B is admitted but not listed yet
-    scheduler._last_admit[B] = scheduler._clock() + 1  # admitted while the read was running
+    scheduler._last_admit[B] = scheduler._clock()  # just now
+    scheduler._last_admit[A] = scheduler._clock() - 60  # long ago
     assert scheduler.refresh()
     assert loaded(limiter) == [C, B]
     snapshot = json.loads(json.dumps(limiter.snapshot_with_scheduler()))
@@ -326,3 +327,19 @@ def test_a_model_never_swapped_in_gets_a_swap_estimate_scaled_by_its_size():
     assert scheduler.swap_estimate(B, idle) == 0.0  # loaded: no swap ahead
     assert scheduler.swap_estimate(A, idle) == pytest.approx(1.0)  # A: 2 bytes x 0.5 s/byte
     assert scheduler.swap_estimate(C, idle) == pytest.approx(4.0)
+
+
+def test_a_refresh_racing_an_admission_never_leaves_more_loaded_than_fit():
+    """/api/ps read just before B was admitted still lists A: the belief must not hold both."""
+    answers = [[(A, 100)]]
+    scheduler = ModelScheduler(fetch_loaded=lambda: answers[0])
+    limiter, clock, _ = make(scheduler=scheduler)
+    scheduler.refresh()
+    a = slot_of(limiter.submit(A))
+    clock.advance(1)
+    a.release()
+    slot_of(limiter.submit(B))  # A idle: swapped out for B
+    scheduler._last_admit[B] = scheduler._clock()  # admitted as the read ran
+    assert scheduler.refresh()  # Ollama still listed A when it answered
+    assert loaded(limiter) == [B]
+    assert limiter.submit(A).slot is None  # B runs: A is held again, not taken for loaded
