@@ -41,6 +41,7 @@ browser:
 
 bench: venv
 	$(PY) -m bench.proxy_bench
+	$(PY) -m bench.swap_bench
 
 # Reliability evidence (README "Reliability"); too long for `make test`, which runs a smoke of
 # each (tests/reliability). Summaries, CSV and plot go to bench/results/. Extra flags:

@@ -60,6 +60,14 @@ class Metrics:
             f"{PREFIX}_cache_requests", "Inference requests by what the response cache did",
             ["route", "result"], registry=self.registry,
         )  # fmt: skip
+        self.swaps = Counter(
+            f"{PREFIX}_swaps", "Admissions that made Ollama unload a model to load this one",
+            ["model"], registry=self.registry,
+        )  # fmt: skip
+        self.held = Histogram(
+            f"{PREFIX}_held_seconds", "Time the affinity scheduler held a request back",
+            ["model"], buckets=WAIT_BUCKETS, registry=self.registry,
+        )  # fmt: skip
         self.tokens = Counter(
             f"{PREFIX}_generated_tokens", "Tokens generated (eval_count of final lines)",
             ["model"], registry=self.registry,
@@ -108,6 +116,12 @@ class Metrics:
     # CacheObserver (cache/service.py); routes are inference routes only: a bounded label
     def on_cache_result(self, route: str, result: str) -> None:
         self.cache_requests.labels(route, result.lower()).inc()  # hit, miss, bypass, coalesced
+
+    def on_held(self, model: str, held_s: float) -> None:
+        self.held.labels(model).observe(held_s)
+
+    def on_swap(self, model: str, evicted: tuple[str, ...]) -> None:
+        self.swaps.labels(model).inc()
 
     # RequestObserver
     def on_request_done(self, record: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ has forked, and end in `stop()`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from management_api.ollama import OllamaClient, OllamaError
 from management_api.proxy.gateway import Gateway
 from management_api.proxy.limiter import Limiter
 from management_api.proxy.limits_config import LimitsReloader
+from management_api.proxy.scheduler import ModelScheduler
 from management_api.settings import Settings
 from management_api.status import RecentRejections, StatusBuilder
 from management_api.tasks.breaker import BreakerBoard
@@ -91,15 +93,25 @@ class Services:
         )
         metrics = Metrics()
         rejections = RecentRejections()
+        catalog = Catalog(ollama, ttl_seconds=settings.model_cache_ttl)
+        scheduler = ModelScheduler(
+            fetch_loaded=lambda: _loaded_models(catalog),
+            fetch_sizes=lambda: _model_sizes(catalog),
+            env_max_loaded=_env_int("OLLAMA_MAX_LOADED_MODELS"),
+            memory_bytes=_physical_memory_bytes,
+        )
         # names.normalize raises on a typo in an exact `match`, so a bad limits file is reported.
-        limiter = Limiter(normalize=names.normalize, observer=_Observers(metrics, rejections))
+        limiter = Limiter(
+            normalize=names.normalize,
+            observer=_Observers(metrics, rejections),
+            scheduler=scheduler,
+        )
         reloader = LimitsReloader(
             settings.limits_file,
             limiter.update_config,
             interval_seconds=settings.limits_reload_seconds,
         )
         reloader.load_initial()  # a broken file at start-up stops the service
-        catalog = Catalog(ollama, ttl_seconds=settings.model_cache_ttl)
         gateway = Gateway(
             ollama_url=settings.ollama_url,
             limiter=limiter,
@@ -278,3 +290,40 @@ class Services:
                 "kernel": info.kernel,
             }
         return self._platform
+
+
+# --- the scheduler's sources (read on its own short-lived thread, never per request)
+
+
+def _loaded_models(catalog: Catalog) -> list[tuple[str, int | None]]:
+    rows = []
+    for row in catalog.loaded():
+        name = row.get("name")
+        if isinstance(name, str) and names.is_valid(name):
+            size = row.get("size")
+            rows.append((names.normalize(name), size if isinstance(size, int) else None))
+    return rows
+
+
+def _model_sizes(catalog: Catalog) -> dict[str, int]:
+    sizes = {}
+    for entry in catalog.view().entries:
+        name, size = entry.get("name"), entry.get("size")
+        if isinstance(name, str) and names.is_valid(name) and isinstance(size, int):
+            sizes[names.normalize(name)] = size
+    return sizes
+
+
+def _env_int(name: str) -> int:
+    try:
+        return int(os.environ.get(name, "").strip() or 0)
+    except ValueError:
+        return 0
+
+
+def _physical_memory_bytes() -> int | None:
+    """Total RAM: on a Jetson the GPU shares it, so it is what the models must fit in."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

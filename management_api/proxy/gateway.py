@@ -526,6 +526,7 @@ class Gateway:
         }
         if record.slot is not None:
             line["model_key"] = record.slot.model  # normalised and admitted: a bounded label
+            line["held_ms"] = round(record.slot.held_seconds * 1000, 2)
         if record.request.cache is not None:
             line["cache"] = record.request.cache
         ttfb = extra.pop("ttfb", None)

@@ -36,6 +36,7 @@ from management_api.proxy.limits_config import (
     Normalizer,
     simple_normalize,
 )
+from management_api.proxy.scheduler import Hold, ModelScheduler
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ QUEUE_FULL = "queue_full"
 QUEUE_TIMEOUT = "queue_timeout"
 CANCELLED = "cancelled"
 REJECT_REASONS: tuple[str, ...] = (QUEUE_FULL, QUEUE_TIMEOUT, CANCELLED)
+# How often a held waiter re-checks its hold (it may end by time, not only by a release).
+SCHEDULER_RECHECK_SECONDS = 0.25
 
 # OpenAI/Anthropic SDKs give up retrying when Retry-After exceeds 60 s.
 RETRY_AFTER_MAX_SECONDS = 60
@@ -115,6 +118,10 @@ class LimiterObserver(Protocol):
 
     def on_release(self, model: str, service_s: float) -> None: ...
 
+    def on_held(self, model: str, held_s: float) -> None: ...
+
+    def on_swap(self, model: str, evicted: tuple[str, ...]) -> None: ...
+
 
 class WaitStats:
     """Queue waits of admitted requests: count, sum, max and a fixed-bucket histogram."""
@@ -162,6 +169,9 @@ class _ModelState:
     __slots__ = (
         "admitted",
         "completed",
+        "held_since",
+        "hold",
+        "hold_ended",
         "in_flight",
         "key",
         "limits",
@@ -185,6 +195,10 @@ class _ModelState:
         self.rejected = dict.fromkeys(REJECT_REASONS, 0)
         self.waits = WaitStats()
         self.service_ewma: float | None = None
+        # Scheduler holds (affinity): why, since when, and when the last one ended.
+        self.hold: Hold | None = None
+        self.held_since: float | None = None
+        self.hold_ended: float | None = None
 
     @property
     def idle(self) -> bool:
@@ -194,7 +208,16 @@ class _ModelState:
 class Slot:
     """A granted place to run one request. ``release()`` frees it; only the first call counts."""
 
-    __slots__ = ("_limiter", "_released", "_state", "admitted_at", "limits", "queue_wait_seconds")
+    __slots__ = (
+        "_limiter",
+        "_released",
+        "_state",
+        "admitted_at",
+        "held_seconds",
+        "limits",
+        "queue_wait_seconds",
+        "swap",
+    )
 
     def __init__(
         self,
@@ -202,6 +225,8 @@ class Slot:
         state: _ModelState,
         admitted_at: float,
         queue_wait_seconds: float,
+        held_seconds: float = 0.0,
+        swap: bool = False,
     ) -> None:
         self._limiter = limiter
         self._state = state
@@ -210,6 +235,9 @@ class Slot:
         self.limits = state.limits
         self.admitted_at = admitted_at
         self.queue_wait_seconds = queue_wait_seconds
+        # The part of the queue wait the scheduler held it back, and whether its model swapped in.
+        self.held_seconds = held_seconds
+        self.swap = swap
 
     @property
     def model(self) -> str:
@@ -276,6 +304,7 @@ class Limiter:
         clock: Callable[[], float] = time.monotonic,
         observer: LimiterObserver | None = None,
         max_tracked_models: int = DEFAULT_MAX_TRACKED_MODELS,
+        scheduler: ModelScheduler | None = None,
     ) -> None:
         if max_tracked_models < 1:
             raise ValueError("max_tracked_models must be >= 1")
@@ -284,6 +313,8 @@ class Limiter:
         self._observer = observer
         self._max_models = max_tracked_models
         self._resolver = LimitsResolver(config if config is not None else LimitsConfig(), normalize)
+        self._scheduler = scheduler if scheduler is not None else ModelScheduler(clock=clock)
+        self._scheduler.configure(self._resolver.config.scheduler)
         self._lock = threading.Lock()
         # Least recently used first, so eviction finds the stalest idle model quickly.
         self._states: OrderedDict[str, _ModelState] = OrderedDict()
@@ -298,6 +329,10 @@ class Limiter:
     @property
     def config(self) -> LimitsConfig:
         return self._resolver.config
+
+    @property
+    def scheduler(self) -> ModelScheduler:
+        return self._scheduler
 
     # --- admission -------------------------------------------------------------------------------
 
@@ -360,11 +395,13 @@ class Limiter:
         """Arrive without blocking (cases 1-3 of ``acquire``); raises ``QueueFull``."""
         key = self._normalize(model_key)
         events: list[tuple[str, str, Any]] = []
+        self._scheduler.maybe_refresh()
         with self._lock:
             state = self._state_locked(key)
             now = self._clock()
             ticket = Ticket(self, state, next(self._seq), now)
-            if not state.queue and self._has_room_locked(state):
+            admit = not state.queue and self._has_room_locked(state)
+            if admit and self._may_run_locked(state, now):
                 self._admit_locked(ticket, now, events)
             elif len(state.queue) >= state.limits.max_queue:
                 self._reject_locked(ticket, QUEUE_FULL, now, events)
@@ -376,6 +413,14 @@ class Limiter:
         if ticket.rejection is not None:
             raise _ERROR_FOR_REASON[ticket.rejection.reason](ticket.rejection)
         return ticket
+
+    def recheck(self) -> None:
+        """Admit whoever the scheduler lets go now (a hold may end by time alone); blocked
+        waiters do this themselves every ``SCHEDULER_RECHECK_SECONDS``."""
+        events: list[tuple[str, str, Any]] = []
+        with self._lock:
+            self._dispatch_locked(events)
+        self._notify(events)
 
     def expire_waiters(self) -> int:
         """Time out every waiter past its max wait now (case 5); returns how many."""
@@ -400,6 +445,10 @@ class Limiter:
             events: list[tuple[str, str, Any]] = []
             remaining = 0.0
             with self._lock:
+                held = self._scheduler.active and ticket._state.hold is not None
+                if not ticket.done and held:
+                    # A hold ends by time too (max_hold_seconds), not only by a release.
+                    self._dispatch_locked(events)
                 if not ticket.done:
                     now = self._clock()
                     remaining = ticket._state.limits.max_wait_seconds - (now - ticket.arrived_at)
@@ -415,6 +464,8 @@ class Limiter:
             if ticket.rejection is not None:
                 raise _ERROR_FOR_REASON[ticket.rejection.reason](ticket.rejection)
             timeout = remaining if is_cancelled is None else min(remaining, poll_seconds)
+            if self._scheduler.active and ticket._state.hold is not None:
+                timeout = min(timeout, SCHEDULER_RECHECK_SECONDS)
             if ticket.wait(timeout):
                 continue
             if is_cancelled is not None and is_cancelled() and ticket.cancel():
@@ -426,14 +477,36 @@ class Limiter:
         cap = self._resolver.config.global_max_concurrency
         return cap == 0 or self._global_in_flight < cap
 
+    def _work(self, key: str) -> tuple[int, int]:
+        state = self._states.get(key)
+        return (state.in_flight, len(state.queue)) if state else (0, 0)
+
+    def _may_run_locked(self, state: _ModelState, now: float) -> bool:
+        """The scheduler's word on admitting this model now (always yes under ``fifo``)."""
+        if not self._scheduler.active:
+            return True
+        oldest = state.queue[0].arrived_at if state.queue else now
+        hold = self._scheduler.decide(state.key, oldest, now, self._work)
+        if hold is None:
+            if state.held_since is not None and state.hold_ended is None:
+                state.hold_ended = now
+            state.hold = None
+            return True
+        if state.held_since is None or state.hold_ended is not None:
+            state.held_since, state.hold_ended = now, None
+        state.hold = hold
+        return False
+
     def _dispatch_locked(self, events: list[tuple[str, str, Any]]) -> None:
         """Case 4: hand free room to the oldest eligible waiters."""
-        now: float | None = None
+        now: float | None = self._clock() if self._scheduler.active else None
         cap = self._resolver.config.global_max_concurrency
         while self._waiting and (cap == 0 or self._global_in_flight < cap):
             oldest: Ticket | None = None
             for state in self._waiting:
                 if state.pauses or state.in_flight >= state.limits.max_concurrency:
+                    continue
+                if now is not None and not self._may_run_locked(state, now):
                     continue
                 head = state.queue[0]
                 if oldest is None or head.seq < oldest.seq:
@@ -448,14 +521,25 @@ class Limiter:
     def _admit_locked(self, ticket: Ticket, now: float, events: list[tuple[str, str, Any]]) -> None:
         state = ticket._state
         wait = max(0.0, now - ticket.arrived_at)
+        held = 0.0
+        if state.held_since is not None:
+            end = now if state.hold_ended is None else state.hold_ended
+            held = max(0.0, end - max(ticket.arrived_at, state.held_since))
+            if not state.queue:
+                state.held_since = state.hold_ended = None
+        admitted = self._scheduler.on_admit(state.key, now, self._work)
         state.in_flight += 1
         state.admitted += 1
         state.waits.observe(wait)
         self._global_in_flight += 1
         self._admitted += 1
-        ticket.slot = Slot(self, state, now, wait)
+        ticket.slot = Slot(self, state, now, wait, held, admitted.swap)
         ticket._event.set()
         events.append(("on_admit", state.key, wait))
+        if held > 0:
+            events.append(("on_held", state.key, held))
+        if admitted.swap:
+            events.append(("on_swap", state.key, admitted.evicted))
 
     def _reject_locked(
         self, ticket: Ticket, reason: str, now: float, events: list[tuple[str, str, Any]]
@@ -504,6 +588,8 @@ class Limiter:
             self._global_in_flight -= 1
             self._completed += 1
             service = max(0.0, self._clock() - slot.admitted_at)
+            if slot.swap:
+                self._scheduler.observe_swap(state.key, service - (state.service_ewma or 0.0))
             if state.service_ewma is None:
                 state.service_ewma = service
             else:
@@ -555,6 +641,7 @@ class Limiter:
         events: list[tuple[str, str, Any]] = []
         with self._lock:
             self._resolver = resolver
+            self._scheduler.configure(config.scheduler)
             for state in self._states.values():
                 state.rule = resolver.rule_for(state.key)
                 state.limits = state.rule.limits if state.rule else config.defaults
@@ -598,12 +685,23 @@ class Limiter:
             del self._states[victim.key]
 
     def _retry_after_locked(self, state: _ModelState) -> int:
+        swap = self._swap_ahead_locked(state)
         if state.service_ewma is None:
-            return 1
+            return min(RETRY_AFTER_MAX_SECONDS, max(1, math.ceil(swap)))
         estimate = math.ceil(
-            state.service_ewma * (len(state.queue) + 1) / state.limits.max_concurrency
+            state.service_ewma * (len(state.queue) + 1) / state.limits.max_concurrency + swap
         )
         return min(RETRY_AFTER_MAX_SECONDS, max(1, estimate))
+
+    def _swap_ahead_locked(self, state: _ModelState) -> float:
+        """Seconds a swap ahead adds: the rest of the hold plus the model's load (affinity)."""
+        if not self._scheduler.active:
+            return 0.0
+        extra = self._scheduler.swap_estimate(state.key, self._work)
+        if state.hold is not None and state.queue:
+            waited = self._clock() - state.queue[0].arrived_at
+            extra += max(0.0, self._scheduler.config.max_hold_seconds - waited)
+        return extra
 
     def _notify(self, events: list[tuple[str, str, Any]]) -> None:
         observer = self._observer
@@ -681,6 +779,25 @@ class Limiter:
                 },
                 "models": [views[key] for key in sorted(views)],
             }
+
+    def snapshot_with_scheduler(self) -> dict[str, Any]:
+        """``snapshot()`` plus the scheduler's view and, per model, whether it is held and why
+        (what ``GET /api/limits`` shows)."""
+        snapshot = self.snapshot()
+        holds: dict[str, dict[str, Any]] = {}
+        with self._lock:
+            for key, state in self._states.items():
+                if not state.queue or not self._scheduler.active:
+                    continue
+                # A model at its own limit is not asked, yet a drain holds it all the same.
+                hold = self._scheduler.draining_hold(key, self._work) or state.hold
+                if hold is not None:
+                    holds[key] = hold.to_dict()
+        snapshot["scheduler"] = self._scheduler.snapshot()
+        for view in snapshot["models"]:
+            view["held"] = view["model"] in holds
+            view["held_reason"] = holds.get(view["model"])
+        return snapshot
 
     def _model_view_locked(self, state: _ModelState) -> dict[str, Any]:
         return {

@@ -1,10 +1,12 @@
 """Per-model limits: parse and validate the limits TOML, resolve a model to its limits, reload.
 
-The file (``config/limits.toml`` by default) has three parts::
+The file (``config/limits.toml`` by default) has four parts::
 
     [defaults]   max_concurrency, max_queue, max_wait_seconds,
-                 first_byte_timeout_seconds, idle_timeout_seconds, release_timeout_seconds
+                 first_byte_timeout_seconds, idle_timeout_seconds, release_timeout_seconds,
+                 early_headers_after_seconds
     [global]     max_concurrency (0 = no cap across models)
+    [scheduler]  policy ("fifo" | "affinity"), max_loaded_models, max_hold_seconds
     [[models]]   match = "<name or glob>" plus any [defaults] key as an override
 
 Every problem is a ``LimitsConfigError`` whose message is one line naming the file, the key path
@@ -48,6 +50,8 @@ class ModelLimits:
     # After an early exit, how long a slot stays taken while Ollama has not yet let go of the
     # request (it finishes evaluating a cancelled prompt first); then it is released anyway.
     release_timeout_seconds: float = 30.0
+    # 0 = off: a non-stream request answers nothing until its body is ready.
+    early_headers_after_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -77,6 +81,26 @@ class ModelRule:
         }
 
 
+FIFO = "fifo"
+AFFINITY = "affinity"
+SCHEDULER_POLICIES: tuple[str, ...] = (FIFO, AFFINITY)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """``[scheduler]``: how admissions are ordered across models (see proxy/scheduler.py)."""
+
+    policy: str = FIFO
+    max_loaded_models: int = 0  # 0 = OLLAMA_MAX_LOADED_MODELS and memory vs model sizes
+    max_hold_seconds: float = 20.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SCHEDULER_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SchedulerConfig))
+
+
 @dataclass(frozen=True)
 class LimitsConfig:
     """A whole validated limits file. ``source`` is None for the built-in defaults."""
@@ -85,12 +109,14 @@ class LimitsConfig:
     global_max_concurrency: int = 0
     models: tuple[ModelRule, ...] = ()
     source: str | None = None
+    scheduler: SchedulerConfig = SchedulerConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "source": self.source,
             "defaults": self.defaults.to_dict(),
             "global": {"max_concurrency": self.global_max_concurrency},
+            "scheduler": self.scheduler.to_dict(),
             "models": [rule.to_dict() for rule in self.models],
         }
 
@@ -119,7 +145,11 @@ _INT_FORMS = {
     "max_queue": ("an integer >= 0", 0),
 }
 _SECONDS_FORM = "a positive finite number of seconds"
+_OPTIONAL_SECONDS_FORM = "a finite number of seconds >= 0 (0 = off)"
+_ZERO_ALLOWED = frozenset({"early_headers_after_seconds"})
 _GLOBAL_FORM = "an integer >= 0 (0 = no global cap)"
+_POLICY_FORM = " or ".join(f'"{policy}"' for policy in SCHEDULER_POLICIES)
+_MAX_LOADED_FORM = "an integer >= 0 (0 = from OLLAMA_MAX_LOADED_MODELS and memory)"
 
 
 def _fail(source: str, path: str, problem: str, expected: str) -> LimitsConfigError:
@@ -138,11 +168,12 @@ def _check_int(value: Any, minimum: int, source: str, path: str, form: str) -> i
     return value
 
 
-def _check_seconds(value: Any, source: str, path: str) -> float:
+def _check_seconds(value: Any, source: str, path: str, *, zero_ok: bool = False) -> float:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     # inf would disable a bound and nan compares false with everything: both are refused.
-    if not is_number or not math.isfinite(value) or value <= 0:
-        raise _fail(source, path, f"got {_shown(value)}", _SECONDS_FORM)
+    if not is_number or not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        form = _OPTIONAL_SECONDS_FORM if zero_ok else _SECONDS_FORM
+        raise _fail(source, path, f"got {_shown(value)}", form)
     return float(value)
 
 
@@ -173,8 +204,28 @@ def _limit_overrides(table: Mapping[str, Any], source: str, path: str) -> dict[s
             form, minimum = _INT_FORMS[key]
             values[key] = _check_int(table[key], minimum, source, key_path, form)
         else:
-            values[key] = _check_seconds(table[key], source, key_path)
+            zero_ok = key in _ZERO_ALLOWED
+            values[key] = _check_seconds(table[key], source, key_path, zero_ok=zero_ok)
     return values
+
+
+def _build_scheduler(value: Any, source: str) -> SchedulerConfig:
+    table = _check_table(value, source, "scheduler")
+    _check_keys(table, SCHEDULER_KEYS, source, "scheduler")
+    policy = table.get("policy", FIFO)
+    if policy not in SCHEDULER_POLICIES:
+        raise _fail(source, "scheduler.policy", f"got {_shown(policy)}", _POLICY_FORM)
+    max_loaded = _check_int(
+        table.get("max_loaded_models", 0),
+        0,
+        source,
+        "scheduler.max_loaded_models",
+        _MAX_LOADED_FORM,
+    )
+    hold = SchedulerConfig.max_hold_seconds
+    if "max_hold_seconds" in table:
+        hold = _check_seconds(table["max_hold_seconds"], source, "scheduler.max_hold_seconds")
+    return SchedulerConfig(policy=policy, max_loaded_models=max_loaded, max_hold_seconds=hold)
 
 
 def _build_rule(index: int, entry: Any, defaults: ModelLimits, source: str) -> ModelRule:
@@ -198,7 +249,7 @@ def _build_rule(index: int, entry: Any, defaults: ModelLimits, source: str) -> M
 
 def build_limits(data: Mapping[str, Any], source: str) -> LimitsConfig:
     """Validate a decoded TOML document into a ``LimitsConfig``."""
-    _check_keys(data, ("defaults", "global", "models"), source, "")
+    _check_keys(data, ("defaults", "global", "models", "scheduler"), source, "")
 
     defaults_table = _check_table(data.get("defaults", {}), source, "defaults")
     _check_keys(defaults_table, LIMIT_KEYS, source, "defaults")
@@ -214,8 +265,13 @@ def build_limits(data: Mapping[str, Any], source: str) -> LimitsConfig:
     if not isinstance(entries, list):
         raise _fail(source, "models", f"got {_shown(entries)}", "[[models]] tables")
     rules = tuple(_build_rule(i, entry, defaults, source) for i, entry in enumerate(entries))
+    scheduler = _build_scheduler(data.get("scheduler", {}), source)
     return LimitsConfig(
-        defaults=defaults, global_max_concurrency=global_cap, models=rules, source=source
+        defaults=defaults,
+        global_max_concurrency=global_cap,
+        models=rules,
+        source=source,
+        scheduler=scheduler,
     )
 
 

@@ -24,6 +24,7 @@ from management_api import errors
 from management_api.access import hooks
 from management_api.access.auth import ApiKey, KeyRing
 from management_api.access.cors import CorsPolicy
+from management_api.proxy import early_headers
 from management_api.proxy.gateway import ClientRequest, Gateway
 from management_api.proxy.inference import INFERENCE_ROUTES
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
@@ -125,7 +126,7 @@ class InferenceFastPath:
                 key_name=key.name if key else None,
             )
             proxied = True
-            forwarded = self._gateway.forward(client_request)
+            forwarded = early_headers.forward(self._gateway, client_request)
             status, headers, payload = forwarded.status, forwarded.headers, forwarded.body
         except ClientGone:
             status, headers, payload = CLIENT_CLOSED_STATUS, [("Content-Length", "0")], [b""]

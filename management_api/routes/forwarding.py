@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from flask import Response, current_app, g, request
 
+from management_api.proxy import early_headers
 from management_api.proxy.gateway import ClientRequest
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
 
@@ -51,7 +52,7 @@ def forward_current_request(flavor: str) -> Response:
         key_name=key.name if key else None,
     )
     try:
-        forwarded = services.gateway.forward(client_request)
+        forwarded = early_headers.forward(services.gateway, client_request)
     except ClientGone:
         return Response(b"", status=CLIENT_CLOSED_STATUS)
     try:

@@ -11,7 +11,7 @@ bp = Blueprint("management", __name__)
 @bp.get("/api/limits")
 def limits() -> ResponseReturnValue:
     services = current_app.extensions["llm_service"]
-    snapshot = services.limiter.snapshot()
+    snapshot = services.limiter.snapshot_with_scheduler()
     snapshot["file"] = str(services.limits_reloader.path)
     return jsonify(snapshot)
 
@@ -20,7 +20,7 @@ def limits() -> ResponseReturnValue:
 def reload_limits() -> ResponseReturnValue:
     services = current_app.extensions["llm_service"]
     applied = services.limits_reloader.reload_now()
-    snapshot = services.limiter.snapshot()
+    snapshot = services.limiter.snapshot_with_scheduler()
     status = "reloaded" if applied else "kept"
     message = (
         "limits reloaded"

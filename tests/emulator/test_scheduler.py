@@ -98,3 +98,52 @@ def test_different_runner_options_force_a_reload(fake: FakeOllama) -> None:
     assert model["context_length"] == 8192
     observations = fake.observations()
     assert (observations["loads"], observations["unloads"]) == (2, 1)
+
+
+def test_load_time_grows_with_model_size(fake: FakeOllama) -> None:
+    fake.configure(load_seconds=0, load_seconds_per_gb=0.05, max_loaded_models=3)
+    small = generate(fake, "llama3.2:1b").json()  # 1.32 GB -> 66 ms
+    big = generate(fake, "qwen3:14b-q8", think=False).json()  # 15.7 GB -> 785 ms
+    assert small["load_duration"] < 400_000_000
+    assert big["load_duration"] >= 780_000_000
+    observations = fake.observations()
+    assert observations["loads"] == 2
+    assert 0.84 <= observations["load_seconds"] < 2.5
+    assert fake.configure()["load_seconds_per_gb"] == 0.05
+
+
+def test_memory_budget_evicts_what_does_not_fit(fake: FakeOllama) -> None:
+    # Runners: llama3.2:1b 1.59 GB, gemma3:4b 3.61 GB (file + KV cache); 4 GB holds one.
+    fake.configure(memory_bytes=4_000_000_000, max_loaded_models=3)
+    generate(fake, "llama3.2:1b")
+    generate(fake, "gemma3:4b")
+    loaded = [m["name"] for m in requests.get(fake.url + "/api/ps").json()["models"]]
+    assert loaded == ["gemma3:4b"]
+    fake.configure(memory_bytes=6_000_000_000)
+    generate(fake, "llama3.2:1b")
+    loaded = sorted(m["name"] for m in requests.get(fake.url + "/api/ps").json()["models"])
+    assert loaded == ["gemma3:4b", "llama3.2:1b"]
+    observations = fake.observations()
+    assert (observations["loads"], observations["unloads"], observations["evictions"]) == (3, 1, 1)
+
+
+def test_a_swap_holds_up_the_requests_behind_it(fake: FakeOllama) -> None:
+    """Arrival order across models: A busy, B needs a swap, a later A waits behind B."""
+    fake.configure(max_loaded_models=1, load_seconds=0.2)
+    fake.set_model("llama3.2:1b", tokens=30, tokens_per_second=100)
+    finished: list[str] = []
+
+    def run(model: str) -> None:
+        assert generate(fake, model, think=False).status_code == 200
+        finished.append(model)
+
+    with ThreadPoolExecutor(3) as pool:
+        first = pool.submit(run, "llama3.2:1b")
+        fake.wait_for(lambda obs: obs["in_flight"].get("llama3.2:1b") == 1)
+        swap = pool.submit(run, "gemma3:4b")
+        fake.wait_for(lambda obs: obs["pending"] == 1 or obs["evictions"] == 1)
+        later = pool.submit(run, "llama3.2:1b")
+        for future in (first, swap, later):
+            future.result()
+    assert finished == ["llama3.2:1b", "gemma3:4b", "llama3.2:1b"]
+    assert fake.observations()["loads"] == 3

@@ -74,6 +74,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "token, as in Ollama (ollama/ollama#11889)",
     )
     parser.add_argument("--load-seconds", type=_non_negative_float, default=0.05)
+    parser.add_argument(
+        "--load-seconds-per-gb",
+        type=_non_negative_float,
+        default=0.0,
+        help="extra load time per GB of model size",
+    )
+    parser.add_argument(
+        "--memory-bytes", type=int, default=0, help="runner memory budget (0 = none)"
+    )
     parser.add_argument("--ttft-seconds", type=_non_negative_float, default=0.01)
     parser.add_argument("--tokens-per-second", type=_non_negative_float, default=200.0)
     parser.add_argument("--tokens", type=int, default=12, help="tokens per response")
@@ -95,6 +104,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     settings.loopback_checks = args.loopback_checks
     settings.prompt_eval_uncancellable = args.prompt_eval_uncancellable
     settings.timing.load_seconds = args.load_seconds
+    settings.load_seconds_per_gb = args.load_seconds_per_gb
+    settings.memory_bytes = max(0, args.memory_bytes)
     settings.timing.ttft_seconds = args.ttft_seconds
     settings.timing.tokens_per_second = args.tokens_per_second
     settings.timing.tokens = max(0, args.tokens)

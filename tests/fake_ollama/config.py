@@ -28,6 +28,10 @@ class Settings:
     num_parallel: int = 1
     max_queue: int = 512
     max_loaded_models: int = 3
+    # Loading modelled by size: load time adds size (GB) x this to ``load_seconds``, and a
+    # budget of runner bytes (0 = none) evicts like a full GPU does. Both off by default.
+    load_seconds_per_gb: float = 0.0
+    memory_bytes: int = 0
     keep_alive: float = 300.0  # seconds; math.inf = forever
     loopback_checks: bool = False
     # Ollama keeps evaluating a cancelled request's prompt until its first token

@@ -189,6 +189,7 @@ class Observations:
     unloads: int = 0
     load_aborts: int = 0
     evictions: int = 0
+    load_seconds: float = 0.0  # time spent loading, aborted loads included
     rejected: int = 0
     max_pending: int = 0
     pulls: dict[str, Any] = field(default_factory=dict)
@@ -224,6 +225,7 @@ class Observations:
             "unloads": self.unloads,
             "load_aborts": self.load_aborts,
             "evictions": self.evictions,
+            "load_seconds": self.load_seconds,
             "rejected": self.rejected,
             "max_pending": self.max_pending,
             "pulls": self.pulls,

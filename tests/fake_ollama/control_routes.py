@@ -8,10 +8,13 @@
 * ``POST /_fake/models`` ``{"model", "load_seconds"?, "ttft_seconds"?, "tokens_per_second"?,
   "tokens"?}`` -> that model's timing (404 if the model is unknown)
 * ``GET|POST /_fake/config`` ``{"num_parallel"?, "max_queue"?, "max_loaded_models"?,
-  "loopback_checks"?, "prompt_eval_uncancellable"?, "keep_alive"?, "pull_bytes_per_second"?,
-  timing defaults?}`` -> the settings now in force; ``num_parallel`` also resizes the slots of
-  loaded runners; ``prompt_eval_uncancellable`` makes a generation whose client leaves during
-  prompt evaluation (``ttft_seconds``) keep its slot until its first token, as Ollama does
+  "memory_bytes"?, "load_seconds_per_gb"?, "loopback_checks"?, "prompt_eval_uncancellable"?,
+  "keep_alive"?, "pull_bytes_per_second"?, timing defaults?}`` -> the settings now in force;
+  ``num_parallel`` also resizes the slots of loaded runners; ``prompt_eval_uncancellable`` makes
+  a generation whose client leaves during prompt evaluation (``ttft_seconds``) keep its slot
+  until its first token, as Ollama does. A model's load takes ``load_seconds`` plus its size in
+  GB (10^9 bytes) times ``load_seconds_per_gb``; ``memory_bytes`` > 0 is a budget of runner
+  bytes (``/api/ps`` sizes) that evicts like ``max_loaded_models`` does
 
 Times in observations are ``time.monotonic()`` seconds (CLOCK_MONOTONIC on Linux, shared by
 all processes on the machine, so tests can compare them with their own readings).
@@ -138,7 +141,7 @@ def _set_model(emulator: Emulator, body: dict[str, Any]) -> web.Response:
 
 def _configure(emulator: Emulator, body: dict[str, Any]) -> None:
     settings = emulator.state.settings
-    for key in ("num_parallel", "max_queue", "max_loaded_models"):
+    for key in ("num_parallel", "max_queue", "max_loaded_models", "memory_bytes"):
         if key in body:
             value = body[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -150,6 +153,11 @@ def _configure(emulator: Emulator, body: dict[str, Any]) -> None:
         settings.prompt_eval_uncancellable = bool(body["prompt_eval_uncancellable"])
     if "keep_alive" in body:
         settings.keep_alive = parse_keep_alive(body["keep_alive"])
+    if "load_seconds_per_gb" in body:
+        value = body["load_seconds_per_gb"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError("'load_seconds_per_gb' must be a non-negative number")
+        settings.load_seconds_per_gb = float(value)
     if "pull_bytes_per_second" in body:
         settings.pull_bytes_per_second = float(body["pull_bytes_per_second"])
     for key, kind in _TIMING_FIELDS.items():
@@ -166,6 +174,8 @@ def _settings_view(emulator: Emulator) -> dict[str, Any]:
         "num_parallel": settings.num_parallel,
         "max_queue": settings.max_queue,
         "max_loaded_models": settings.max_loaded_models,
+        "memory_bytes": settings.memory_bytes,
+        "load_seconds_per_gb": settings.load_seconds_per_gb,
         "loopback_checks": settings.loopback_checks,
         "prompt_eval_uncancellable": settings.prompt_eval_uncancellable,
         "keep_alive": -1 if math.isinf(settings.keep_alive) else settings.keep_alive,

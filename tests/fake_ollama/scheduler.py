@@ -4,9 +4,12 @@
 2. Otherwise the request joins a pending queue of ``max_queue`` places; a full queue
    is the 503 ``server busy`` error.
 3. One loader serves the queue FIFO across all models: it evicts (idle runners first,
-   shortest keep-alive first) when ``max_loaded_models`` is reached, blocking until
-   the victim is unloaded, then loads (one model at a time). Cancelled requests are
-   skipped; a load whose requester leaves is aborted.
+   shortest keep-alive first) when ``max_loaded_models`` is reached or the new runner
+   would not fit in ``memory_bytes`` (when set), blocking until the victim is unloaded
+   (a busy victim first finishes its requests and takes no new ones), then loads (one
+   model at a time) for ``load_seconds`` + size in GB x ``load_seconds_per_gb``. The
+   request at the head holds up every request behind it, whatever their model.
+   Cancelled requests are skipped; a load whose requester leaves is aborted.
 4. Inside a runner a FIFO semaphore of ``num_parallel`` slots gates generation and
    embedding; waiters are never rejected.
 5. A runner's keep-alive timer starts when it becomes idle; ``keep_alive`` given on
@@ -89,8 +92,12 @@ class Runner:
 
     @property
     def size(self) -> int:
-        # File size plus a KV cache that grows with context and parallelism.
-        return self.model.model_layer.size + self.num_ctx * max(1, self.slots.capacity) * 65536
+        return runner_size(self.model, self.num_ctx, self.slots.capacity)
+
+
+def runner_size(model: ModelEntry, num_ctx: int, parallel: int) -> int:
+    """File size plus a KV cache that grows with context and parallelism."""
+    return model.model_layer.size + num_ctx * max(1, parallel) * 65536
 
 
 @dataclass(eq=False)
@@ -112,12 +119,16 @@ class Scheduler:
         max_queue: Callable[[], int],
         max_loaded: Callable[[], int],
         default_keep_alive: Callable[[], float],
+        load_seconds_per_gb: Callable[[], float] = lambda: 0.0,
+        memory_bytes: Callable[[], int] = lambda: 0,
     ) -> None:
         self.obs = observations
         self._num_parallel = num_parallel
         self._max_queue = max_queue
         self._max_loaded = max_loaded
         self._default_keep_alive = default_keep_alive
+        self._load_seconds_per_gb = load_seconds_per_gb
+        self._memory_bytes = memory_bytes
         self.runners: dict[str, Runner] = {}
         self.pending: deque[Pending] = deque()
         self._wakeup = asyncio.Event()
@@ -267,7 +278,7 @@ class Scheduler:
             await self._evict(runner)
         elif runner is not None:
             await asyncio.shield(runner.gone)
-        while len(self.runners) >= max(1, self._max_loaded()):
+        while len(self.runners) >= max(1, self._max_loaded()) or not self._fits(item):
             victim = self._pick_victim()
             if victim is None:
                 break
@@ -276,6 +287,13 @@ class Scheduler:
         if item.future.done():
             return
         await self._load(item)
+
+    def _fits(self, item: Pending) -> bool:
+        budget = self._memory_bytes()
+        if budget <= 0:
+            return True
+        used = sum(runner.size for runner in self.runners.values())
+        return used + runner_size(item.model, item.num_ctx, self._capacity(item.model)) <= budget
 
     def _pick_victim(self) -> Runner | None:
         candidates = [r for r in self.runners.values() if r.state in ("ready", "unloading")]
@@ -303,10 +321,13 @@ class Scheduler:
             slots=FifoSlots(self._capacity(model)),
         )
         self.runners[runner.key] = runner
-        sleeper = asyncio.ensure_future(asyncio.sleep(item.load_seconds))
+        seconds = item.load_seconds + model.model_layer.size / 1e9 * self._load_seconds_per_gb()
+        started = time.monotonic()
+        sleeper = asyncio.ensure_future(asyncio.sleep(seconds))
         try:
             await asyncio.wait({sleeper, item.future}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.obs.load_seconds += time.monotonic() - started
             if not sleeper.done():
                 sleeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -28,6 +28,8 @@ class EmulatorState:
             max_queue=lambda: self.settings.max_queue,
             max_loaded=lambda: self.settings.max_loaded_models,
             default_keep_alive=lambda: self.settings.keep_alive,
+            load_seconds_per_gb=lambda: self.settings.load_seconds_per_gb,
+            memory_bytes=lambda: self.settings.memory_bytes,
         )
         self.downloads = DownloadManager(self.catalog, lambda: self.settings.pull_bytes_per_second)
 

@@ -12,6 +12,7 @@ import pytest
 
 from management_api.proxy.limits_config import (
     LIMIT_KEYS,
+    SCHEDULER_KEYS,
     LimitsConfig,
     LimitsConfigError,
     LimitsReloader,
@@ -70,7 +71,7 @@ def test_shipped_file_comments_every_key():
             key = line.split("=", 1)[0].strip()
             keys_seen.add(key)
             assert lines[index - 1].startswith("#"), f"{key} (line {index + 1}) has no comment"
-    assert keys_seen == {*LIMIT_KEYS, "match"}
+    assert keys_seen == {*LIMIT_KEYS, *SCHEDULER_KEYS, "match"}
 
 
 def test_shipped_examples_resolve_as_their_comments_say():
@@ -123,6 +124,7 @@ def test_to_dict_is_plain_data():
         "source": "f.toml",
         "defaults": ModelLimits().to_dict(),
         "global": {"max_concurrency": 4},
+        "scheduler": {"policy": "fifo", "max_loaded_models": 0, "max_hold_seconds": 20.0},
         "models": [
             {"match": "x*", "glob": True, "overrides": [], "limits": ModelLimits().to_dict()}
         ],
@@ -186,7 +188,50 @@ INVALID = [
     ('[[models]]\nmatch = "  "', "models[0].match", "got '  '", "non-empty model name"),
     ("[[models]]\nmatch = 5", "models[0].match", "got 5", "non-empty model name or glob"),
     ('[[models]]\nmatch = "a"\nmax_concurrency = 0', "models[0].max_concurrency", "got 0", ">= 1"),
+    ('[scheduler]\npolicy = "lifo"', "scheduler.policy", "got 'lifo'", '"fifo" or "affinity"'),
+    ("[scheduler]\npolicy = 1", "scheduler.policy", "got 1", '"fifo" or "affinity"'),
+    ("[scheduler]\nmax_loaded_models = -1", "scheduler.max_loaded_models", "got -1", ">= 0"),
+    ("[scheduler]\nmax_loaded_models = 1.5", "scheduler.max_loaded_models", "1.5", "integer"),
+    ("[scheduler]\nmax_hold_seconds = 0", "scheduler.max_hold_seconds", "got 0", "positive"),
+    ("[scheduler]\nmax_hold = 3", "scheduler.max_hold", "unknown key", "max_hold_seconds"),
+    ("scheduler = 3", "scheduler", "got 3", "a table [scheduler]"),
+    (
+        "[defaults]\nearly_headers_after_seconds = -1",
+        "defaults.early_headers_after_seconds",
+        "got -1",
+        ">= 0 (0 = off)",
+    ),
+    (
+        '[[models]]\nmatch = "a"\nearly_headers_after_seconds = inf',
+        "models[0].early_headers_after_seconds",
+        "inf",
+        "finite",
+    ),
 ]
+
+
+def test_scheduler_section_and_early_headers_parse():
+    config = parse_limits(
+        """
+        [defaults]
+        early_headers_after_seconds = 0
+        [scheduler]
+        policy = "affinity"
+        max_loaded_models = 1
+        max_hold_seconds = 2.5
+        [[models]]
+        match = "big*"
+        early_headers_after_seconds = 240
+        """
+    )
+    assert config.scheduler.to_dict() == {
+        "policy": "affinity",
+        "max_loaded_models": 1,
+        "max_hold_seconds": 2.5,
+    }
+    assert config.defaults.early_headers_after_seconds == 0
+    assert config.models[0].limits.early_headers_after_seconds == 240
+    assert parse_limits("").scheduler.policy == "fifo"
 
 
 @pytest.mark.parametrize(("text", "key_path", "problem", "expected"), INVALID)
