@@ -29,6 +29,9 @@ from management_api.telemetry import Sampler, create_sampler, read_platform
 
 log = logging.getLogger(__name__)
 
+# How old the probe behind `llm_service_ollama_up` may be: scrapes stay off Ollama's back.
+OLLAMA_UP_MAX_AGE_SECONDS = 5.0
+
 
 @dataclass
 class Services:
@@ -116,7 +119,7 @@ class Services:
             StateCollector(
                 limiter_snapshot=limiter.snapshot,
                 telemetry=sampler.latest,
-                ollama_up=lambda: probe.run().reachable,
+                ollama_up=lambda: probe.recent(OLLAMA_UP_MAX_AGE_SECONDS).reachable,
                 pulls=pulls.counts,
             )
         )
