@@ -52,7 +52,12 @@ def test_picker_gauges_follow_running_and_waiting_requests(service, emulator):
     threads = [threading.Thread(target=generate) for _ in range(2)]
     for thread in threads:
         thread.start()
-    service.wait_for(lambda: service.totals() == {**service.totals(), "in_flight": 1, "queued": 1})
+
+    def one_running_one_waiting() -> bool:
+        totals = service.totals()
+        return (totals["in_flight"], totals["queued"]) == (1, 1)
+
+    service.wait_for(one_running_one_waiting)
     for base in (service.proxy, service.management):
         assert _gauges(base) == {
             "llm_service_num_requests_waiting": 1.0,
