@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test lint format bench soak chaos clean browser
+.PHONY: venv router-venv run test lint format bench soak chaos clean browser
 
 venv: $(STAMP)
 
@@ -15,6 +15,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# LiteLLM for the router test (tests/router): a venv of its own, because LiteLLM's dependencies
+# conflict with constraints.txt (see tests/router/requirements.txt).
+ROUTER_VENV := .venv-router
+ROUTER_STAMP := $(ROUTER_VENV)/.installed
+
+router-venv: $(ROUTER_STAMP)
+
+$(ROUTER_STAMP): tests/router/requirements.txt
+	test -x $(ROUTER_VENV)/bin/python || $(PYTHON) -m venv $(ROUTER_VENV)
+	$(ROUTER_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r tests/router/requirements.txt
+	touch $(ROUTER_STAMP)
 
 # The container's process tree here: entrypoint.sh -> supervisord (supervisord.conf), state
 # under .run/, the Ollama emulator standing in when no `ollama` is on PATH. Ctrl-C stops all.
@@ -26,12 +38,13 @@ lint: venv
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/shellcheck scripts/*.sh .ci/run healthcheck.sh entrypoint.sh scripts/ollama-shim/ollama
 	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/yamllint --strict deploy/
 
 format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint browser
+test: lint browser router-venv
 	$(PY) -m pytest
 
 # Debian's chromium + chromedriver for the status page's browser tests (installed when missing
@@ -53,4 +66,4 @@ chaos: venv
 	$(PY) -m bench.reliability.chaos $(CHAOS_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .run
+	rm -rf $(VENV) $(ROUTER_VENV) .pytest_cache .ruff_cache .run

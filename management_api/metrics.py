@@ -139,6 +139,47 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def kv_cache_usage(snapshot: dict[str, Any]) -> float:
+    """An approximation of KV-cache use, 0-1, from the limiter's counters alone.
+
+    Ollama allocates each loaded model's KV cache as ``OLLAMA_NUM_PARALLEL`` fixed slots, and our
+    per-model ``max_concurrency`` is the number of those slots a node lets run; so the share of
+    the cache holding live sequences is about running / slots. Slots are the global cap when one
+    is set, else the sum of ``max_concurrency`` over the models that hold or wait for a slot now
+    (a model nobody asks for has no live sequences). It says nothing about context lengths, so a
+    node running one long prompt reads like one running a short one.
+    """
+    cap = snapshot.get("global", {}).get("max_concurrency", 0)
+    running = snapshot.get("totals", {}).get("in_flight", 0)
+    if cap:
+        slots = cap
+    else:
+        slots = sum(
+            entry["limits"]["max_concurrency"]
+            for entry in snapshot.get("models", [])
+            if entry["in_flight"] or entry["queued"]
+        )
+    if not slots:
+        return 0.0
+    return min(1.0, running / slots)
+
+
+def picker_metrics(snapshot: dict[str, Any]) -> Iterator[Metric]:
+    """The three gauges an endpoint picker (Gateway API Inference Extension) scrapes: node-wide,
+    unlabelled, always present (0 when idle), read from memory so a scrape never waits on
+    Ollama."""
+    totals = snapshot.get("totals", {})
+    for name, text, value in (
+        ("num_requests_waiting", "Requests queued for a slot, all models", totals.get("queued", 0)),
+        ("num_requests_running", "Requests holding a slot, all models", totals.get("in_flight", 0)),
+        ("kv_cache_usage_perc", "Approximate KV-cache use 0-1: running / admission slots "
+         "of the busy models (README, Several nodes)", kv_cache_usage(snapshot)),
+    ):  # fmt: skip
+        family = GaugeMetricFamily(f"{PREFIX}_{name}", text)
+        family.add_metric([], value)
+        yield family
+
+
 class StateCollector(Collector):
     """Reads current state at scrape time."""
 
@@ -193,6 +234,7 @@ class StateCollector(Collector):
 
     def _limiter_metrics(self) -> Iterator[Metric]:
         snapshot = self._limiter_snapshot()
+        yield from picker_metrics(snapshot)
         gauges = {
             name: GaugeMetricFamily(f"{PREFIX}_{name}", text, labels=["model"])
             for name, text in (

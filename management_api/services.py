@@ -36,6 +36,9 @@ from management_api.telemetry import Sampler, create_sampler, read_platform
 
 log = logging.getLogger(__name__)
 
+# How old the probe behind `llm_service_ollama_up` may be: scrapes stay off Ollama's back.
+OLLAMA_UP_MAX_AGE_SECONDS = 5.0
+
 
 class _Observers:
     """Hands each limiter event to several observers (the limiter takes one)."""
@@ -177,7 +180,7 @@ class Services:
             StateCollector(
                 limiter_snapshot=limiter.snapshot,
                 telemetry=sampler.latest,
-                ollama_up=lambda: probe.run().reachable,
+                ollama_up=lambda: probe.recent(OLLAMA_UP_MAX_AGE_SECONDS).reachable,
                 pulls=pulls.counts,
                 breakers=breakers.snapshot,
                 cache=cache.store.counts if cache is not None else None,

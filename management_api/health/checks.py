@@ -76,6 +76,15 @@ class OllamaProbe:
         self.last = probe
         return probe
 
+    def recent(self, max_age_seconds: float) -> Probe:
+        """The last result when younger than `max_age_seconds`, else a fresh probe: for callers
+        polled often (a metrics scrape every 50 ms from an endpoint picker) that must not turn
+        each poll into a call to Ollama."""
+        last = self.last
+        if last is not None and 0 <= time.time() - last.at < max_age_seconds:
+            return last
+        return self.run()
+
     def _probe(self) -> Probe:
         started = time.perf_counter()
         try:

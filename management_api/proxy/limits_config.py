@@ -352,15 +352,25 @@ class LimitsResolver:
 
 # --- reloading -----------------------------------------------------------------------------------
 
-_Signature = tuple[int, int, int, int]
+FileIdentity = tuple[str, int, int, int, int]
 
 
-def _signature(path: str) -> _Signature | None:
+def file_identity(path: str | os.PathLike[str]) -> FileIdentity | None:
+    """What a config reloader compares between polls: the file the path resolves to (symlinks
+    followed) and that file's device, inode, mtime and size; None when it cannot be read.
+
+    Kubernetes updates a mounted ConfigMap by writing a new ``..<timestamp>/`` directory and
+    renaming a ``..data`` symlink onto it; ``limits.toml`` is a symlink to ``..data/limits.toml``
+    whose own metadata never changes. The resolved path differs after every such swap, even
+    when the new file happens to get the old size, mtime or a recycled inode. The stat comes
+    first: a swap between the two calls then reads as one more change, never as a missing file.
+    """
     try:
         st = os.stat(path)
+        real = os.path.realpath(path)
     except OSError:
         return None
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    return (real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 class LimitsReloader:
@@ -384,8 +394,8 @@ class LimitsReloader:
         self._apply = apply
         self._interval = interval_seconds
         self._lock = threading.Lock()
-        self._seen: _Signature | None = None
-        self._settling: _Signature | None = None  # changed at the last check, not yet applied
+        self._seen: FileIdentity | None = None
+        self._settling: FileIdentity | None = None  # changed at the last check, not yet applied
         self._current: LimitsConfig | None = None
         self._wake = threading.Event()
         self._forced = False
@@ -401,7 +411,7 @@ class LimitsReloader:
         """Load and apply the file at start-up; errors propagate (there is no last good config)."""
         with self._lock:
             # Stat before reading: an edit racing the read then shows up at the next poll.
-            self._seen = _signature(self.path)
+            self._seen = file_identity(self.path)
             config = load_limits(self.path)
             self._apply(config)
             self._current = config
@@ -416,7 +426,7 @@ class LimitsReloader:
         default) and then keep it as the last good config if the new text is broken.
         """
         with self._lock:
-            signature = _signature(self.path)
+            signature = file_identity(self.path)
             if signature == self._seen:
                 self._settling = None
                 return False
@@ -433,7 +443,7 @@ class LimitsReloader:
     def reload_now(self) -> bool:
         """Reload whatever the file holds now (SIGHUP); True when a new config was applied."""
         with self._lock:
-            self._seen = _signature(self.path)
+            self._seen = file_identity(self.path)
             if self._seen is None:
                 log.error("limits file %s not found; keeping the last good config", self.path)
                 return False

@@ -18,10 +18,12 @@ from management_api.proxy.limits_config import (
     LimitsReloader,
     LimitsResolver,
     ModelLimits,
+    file_identity,
     load_limits,
     parse_limits,
     simple_normalize,
 )
+from tests.configmap_volume import ConfigMapVolume
 
 SHIPPED = Path(__file__).resolve().parents[2] / "config" / "limits.toml"
 
@@ -518,3 +520,68 @@ def test_request_reload_wakes_the_thread_at_once(tmp_path):
         assert wait_until(lambda: len(apply.applied) == 2)
     finally:
         reloader.stop()
+
+
+# --- a ConfigMap mounted in a pod ----------------------------------------------------------------
+
+
+def test_file_identity_follows_symlinks_and_is_none_when_unreadable(tmp_path):
+    assert file_identity(tmp_path / "missing.toml") is None
+    dangling = tmp_path / "dangling.toml"
+    dangling.symlink_to(tmp_path / "nowhere.toml")
+    assert file_identity(dangling) is None
+    volume = ConfigMapVolume(tmp_path / "config")
+    version = volume.write({"limits.toml": "[defaults]\n"})
+    identity = file_identity(volume.path("limits.toml"))
+    assert identity is not None
+    assert identity[0] == os.path.realpath(version / "limits.toml")
+    assert identity[2] == (version / "limits.toml").stat().st_ino
+
+
+def test_a_configmap_update_is_applied_even_with_the_same_size_and_mtime(tmp_path):
+    volume = ConfigMapVolume(tmp_path / "config")
+    stamp = 1_700_000_000
+    volume.write({"limits.toml": "[defaults]\nmax_concurrency = 1\n"}, mtime=stamp)
+    apply = Recorder()
+    reloader = LimitsReloader(volume.path("limits.toml"), apply)
+    assert reloader.load_initial().defaults.max_concurrency == 1
+    link_before = os.lstat(volume.path("limits.toml"))
+
+    # Same length, same mtime: only the ..data swap tells the versions apart.
+    volume.write({"limits.toml": "[defaults]\nmax_concurrency = 7\n"}, mtime=stamp)
+    link_after = os.lstat(volume.path("limits.toml"))
+    assert (link_after.st_ino, link_after.st_mtime_ns) == (
+        link_before.st_ino,
+        link_before.st_mtime_ns,
+    )
+    assert reloader.check() is False  # settling, as for any edit
+    assert reloader.check() is True
+    assert apply.applied[-1].defaults.max_concurrency == 7
+
+    # A broken version keeps the last good config; the next good one is applied.
+    volume.write({"limits.toml": "[defaults]\nmax_concurrency = 0\n"})
+    assert reloader.check() is False
+    assert reloader.check() is False
+    assert reloader.current.defaults.max_concurrency == 7
+    volume.write({"limits.toml": "[defaults]\nmax_concurrency = 3\n"})
+    reloader.check()
+    assert reloader.check() is True
+    assert reloader.current.defaults.max_concurrency == 3
+    assert reloader.check() is False
+    assert len(apply.applied) == 3
+
+
+def test_poll_thread_applies_configmap_updates(tmp_path):
+    volume = ConfigMapVolume(tmp_path / "config")
+    volume.write({"limits.toml": "[defaults]\nmax_queue = 1\n"})
+    apply = Recorder()
+    reloader = LimitsReloader(volume.path("limits.toml"), apply, interval_seconds=0.02)
+    reloader.load_initial()
+    reloader.start()
+    try:
+        for queue in (2, 3):
+            volume.write({"limits.toml": f"[defaults]\nmax_queue = {queue}\n"})
+            assert wait_until(lambda q=queue: reloader.current.defaults.max_queue == q)
+    finally:
+        reloader.stop()
+    assert [c.defaults.max_queue for c in apply.applied] == [1, 2, 3]
