@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv router-venv run test lint format bench soak chaos clean browser
+.PHONY: venv router-venv run test lint format bench soak chaos clean browser k8s-config
 
 venv: $(STAMP)
 
@@ -39,6 +39,15 @@ lint: venv
 	$(VENV)/bin/shellcheck scripts/*.sh .ci/run healthcheck.sh entrypoint.sh scripts/ollama-shim/ollama
 	$(VENV)/bin/hadolint Dockerfile
 	$(VENV)/bin/yamllint --strict deploy/
+
+# The ConfigMaps of deploy/k8s/base are copies of config/ (kustomize reads no file outside its
+# directory); refresh them after editing config/. A new prompt or schema also needs its line in
+# base/kustomization.yaml and its item in base/daemonset.yaml (tests/deploy says which).
+k8s-config:
+	cp config/limits.toml deploy/k8s/base/limits.toml
+	cp config/tasks.toml deploy/k8s/base/tasks/tasks.toml
+	rm -rf deploy/k8s/base/tasks/prompts deploy/k8s/base/tasks/schemas
+	cp -R config/prompts config/schemas deploy/k8s/base/tasks/
 
 format: venv
 	$(VENV)/bin/ruff format .
