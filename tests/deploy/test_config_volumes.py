@@ -75,7 +75,8 @@ def test_tasks_volume_items_mount_every_key_where_the_tasks_file_looks(overlay):
         # The key names its path: prompts.judge.md -> prompts/judge.md.
         assert item["key"] == str(path).replace("/", ".", 1), item
     mounted = {item["path"]: data[item["key"]] for item in items}
-    assert {p: t.encode() for p, t in mounted.items()} == shipped_tasks_files()
+    # Each path gets the file of that path in base/tasks/ (the copies checked above).
+    assert {p: t.encode() for p, t in mounted.items()} == tree(BASE / "tasks")
 
 
 def test_rendered_config_volumes_load_with_the_services_loaders(tmp_path):
