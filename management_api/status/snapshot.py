@@ -122,7 +122,7 @@ class StatusBuilder:
 
     def _build(self) -> dict[str, Any]:
         http_status, health = self.health.evaluate()
-        limits = self.limiter.snapshot()
+        limits = self.limiter.snapshot_with_scheduler()  # per model: held, and why
         stats = render_stats(self.sampler.latest(), interval_seconds=self.sampler.interval)
         installed, installed_error = self._installed()
         models = self._models(limits, installed)
@@ -207,8 +207,10 @@ class StatusBuilder:
                 "retry_after_seconds": view["retry_after_seconds"] if view else None,
                 "loaded": self._loaded_row(loaded.get(key)),
             }
-            if view and "held" in view:  # present once scheduling across models lands
+            if view and "held" in view:
                 row["held"] = view["held"]
+                reason = view.get("held_reason")
+                row["held_reason"] = reason.get("reason") if isinstance(reason, dict) else None
             rows.append(row)
         return rows
 

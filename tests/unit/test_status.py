@@ -249,27 +249,28 @@ def test_models_join_limits_installed_and_loaded():
                                            "size_vram_bytes": 4_000_000_000,
                                            "context_length": 8192,
                                            "expires_at": "2026-12-03T10:00:00Z"}  # fmt: skip
-    assert "held" not in rows["llama3.2:1b"]  # only once the scheduler reports it
+    assert rows["llama3.2:1b"]["held"] is False  # fifo: nothing is ever held
 
 
-def test_held_is_shown_when_the_limits_snapshot_has_it():
+def test_held_is_shown_with_its_reason_when_the_scheduler_holds_a_model():
     limiter = Limiter(normalize=names.normalize)
-    real = limiter.snapshot
+    real = limiter.snapshot_with_scheduler
 
     def with_held() -> dict[str, Any]:
         snap = real()
         for view in snap["models"]:
-            view["held"] = 3
+            view["held"] = True
+            view["held_reason"] = {"reason": "needs_swap", "waiting_for": ["gemma3:4b"]}
         return snap
 
     slot = limiter.acquire("llama3.2:1b")
     try:
-        limiter.snapshot = with_held  # type: ignore[method-assign]
+        limiter.snapshot_with_scheduler = with_held  # type: ignore[method-assign]
         body = builder(limiter=limiter).snapshot()
     finally:
         slot.release()
     row = next(r for r in body["models"] if r["model"] == "llama3.2:1b")
-    assert row["held"] == 3
+    assert row["held"] is True and row["held_reason"] == "needs_swap"
 
 
 def test_ollama_down_is_unhealthy_with_the_reason_and_no_model_list():

@@ -223,7 +223,10 @@ function renderModels(s) {
       ["Running", "running", m.running],
       ["Queued", "queued", `${m.queued}`],
     ];
-    if (hasHeld) cells.push(["Held", "held", "held" in m ? m.held : "–"]);
+    if (hasHeld) {
+      const held = !("held" in m) ? "–" : m.held ? `held${m.held_reason ? ` (${m.held_reason.replaceAll("_", " ")})` : ""}` : "no";
+      cells.push(["Held", "held", held]);
+    }
     cells.push(
       ["Rejected 5 min", "rejected", m.rejected_recent],
       ["Queue wait p50 / p95", "wait", `${seconds(m.wait_p50_seconds)} / ${seconds(m.wait_p95_seconds)}`],
