@@ -21,10 +21,11 @@ import fnmatch
 import logging
 import math
 import os
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from management_api.proxy.file_reload import SettledFileReloader
 
 try:
     import tomllib
@@ -352,34 +353,16 @@ class LimitsResolver:
 
 # --- reloading -----------------------------------------------------------------------------------
 
-FileIdentity = tuple[str, int, int, int, int]
 
-
-def file_identity(path: str | os.PathLike[str]) -> FileIdentity | None:
-    """What a config reloader compares between polls: the file the path resolves to (symlinks
-    followed) and that file's device, inode, mtime and size; None when it cannot be read.
-
-    Kubernetes updates a mounted ConfigMap by writing a new ``..<timestamp>/`` directory and
-    renaming a ``..data`` symlink onto it; ``limits.toml`` is a symlink to ``..data/limits.toml``
-    whose own metadata never changes. The resolved path differs after every such swap, even
-    when the new file happens to get the old size, mtime or a recycled inode. The stat comes
-    first: a swap between the two calls then reads as one more change, never as a missing file.
-    """
-    try:
-        st = os.stat(path)
-        real = os.path.realpath(path)
-    except OSError:
-        return None
-    return (real, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-class LimitsReloader:
+class LimitsReloader(SettledFileReloader):
     """Re-reads the limits file when it changes and hands each good config to ``apply``.
 
     ``apply`` is normally ``Limiter.update_config``; if it raises ``LimitsConfigError`` the new
-    config is refused like a broken file. A broken or vanished file keeps the last good config
-    and logs one line per change of the file, not one per poll.
+    config is refused like a broken file (the rules of change, settling and SIGHUP are
+    `SettledFileReloader`'s).
     """
+
+    kind = "limits"
 
     def __init__(
         self,
@@ -388,19 +371,9 @@ class LimitsReloader:
         *,
         interval_seconds: float = 2.0,
     ) -> None:
-        if interval_seconds <= 0:
-            raise ValueError("interval_seconds must be positive")
-        self.path = os.fspath(path)
+        super().__init__(path, interval_seconds=interval_seconds)
         self._apply = apply
-        self._interval = interval_seconds
-        self._lock = threading.Lock()
-        self._seen: FileIdentity | None = None
-        self._settling: FileIdentity | None = None  # changed at the last check, not yet applied
         self._current: LimitsConfig | None = None
-        self._wake = threading.Event()
-        self._forced = False
-        self._stopping = False
-        self._thread: threading.Thread | None = None
 
     @property
     def current(self) -> LimitsConfig | None:
@@ -411,48 +384,11 @@ class LimitsReloader:
         """Load and apply the file at start-up; errors propagate (there is no last good config)."""
         with self._lock:
             # Stat before reading: an edit racing the read then shows up at the next poll.
-            self._seen = file_identity(self.path)
+            self._seen = self._signature()
             config = load_limits(self.path)
             self._apply(config)
             self._current = config
             return config
-
-    def check(self) -> bool:
-        """Reload if the file changed since last seen and has stayed unchanged since the
-        previous check; True when a new config was applied.
-
-        The settling check matters because editors and scripts often truncate the file and
-        then write it: a reload in between would apply an empty file (every limit at its
-        default) and then keep it as the last good config if the new text is broken.
-        """
-        with self._lock:
-            signature = file_identity(self.path)
-            if signature == self._seen:
-                self._settling = None
-                return False
-            if signature != self._settling:
-                self._settling = signature  # look again at the next check
-                return False
-            self._settling = None
-            self._seen = signature
-            if signature is None:
-                log.error("limits file %s disappeared; keeping the last good config", self.path)
-                return False
-            return self._reload_locked()
-
-    def reload_now(self) -> bool:
-        """Reload whatever the file holds now (SIGHUP); True when a new config was applied."""
-        with self._lock:
-            self._seen = file_identity(self.path)
-            if self._seen is None:
-                log.error("limits file %s not found; keeping the last good config", self.path)
-                return False
-            return self._reload_locked()
-
-    def request_reload(self) -> None:
-        """Ask the poll thread to reload now; takes no lock of ours, so fit for a signal handler."""
-        self._forced = True
-        self._wake.set()
 
     def _reload_locked(self) -> bool:
         try:
@@ -476,32 +412,3 @@ class LimitsReloader:
             len(config.models),
         )
         return True
-
-    def start(self) -> None:
-        """Start the poll thread (after the worker forks, never at import)."""
-        if self._thread is not None:
-            return
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="limits-reloader", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        thread = self._thread
-        if thread is None:
-            return
-        self._stopping = True
-        self._wake.set()
-        thread.join(timeout)
-        self._thread = None
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait(self._interval)
-            self._wake.clear()
-            if self._stopping:
-                return
-            forced, self._forced = self._forced, False
-            if forced:
-                self.reload_now()
-            else:
-                self.check()

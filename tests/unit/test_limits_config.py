@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from management_api.proxy.file_reload import file_identity
 from management_api.proxy.limits_config import (
     LIMIT_KEYS,
     SCHEDULER_KEYS,
@@ -18,7 +19,6 @@ from management_api.proxy.limits_config import (
     LimitsReloader,
     LimitsResolver,
     ModelLimits,
-    file_identity,
     load_limits,
     parse_limits,
     simple_normalize,
