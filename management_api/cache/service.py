@@ -23,10 +23,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from management_api import errors
+from management_api import errors, names
 from management_api.cache.answers import Answer, finish_reason, render
 from management_api.cache.embeddings import EmbedItem, compose_answer, split_answer
 from management_api.cache.policy import (
+    INFER_ROUTE,
     JSON,
     NDJSON,
     NO_CACHE,
@@ -38,6 +39,7 @@ from management_api.cache.policy import (
     item_key,
     request_key,
     request_shape,
+    task_key,
 )
 from management_api.cache.store import LruStore
 from management_api.proxy.gateway import ClientRequest, ForwardedResponse
@@ -65,6 +67,17 @@ class ServedLog(Protocol):
     def __call__(
         self, request: ClientRequest, *, started: float, status: int, outcome: str, **extra: Any
     ) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultPlan:
+    """What the cache does with one ``/v1/infer`` request (see ``ResponseCache.plan_result``)."""
+
+    task: str
+    result: str  # what X-Cache says when the request is not a hit: MISS or BYPASS
+    key: str | None = None  # None: neither read nor written
+    refresh: bool = False  # Cache-Control: no-cache: skip the lookup, store the new result
+    ttl_seconds: float = 0.0
 
 
 class _Flight:
@@ -220,6 +233,67 @@ class ResponseCache:
             return Plan(intent, payload, cacheable=False)
         shape = request_shape(intent, payload)
         return Plan(intent, payload, True, key=key, shape=shape, refresh=refresh, digest=digest)
+
+    # --- whole /v1/infer results (the route runs the task; see README, Response cache)
+
+    def plan_result(
+        self,
+        *,
+        task: str,
+        identity: str,
+        ttl_seconds: float,
+        cacheable: bool,
+        models: Iterable[str],
+        fields: dict[str, Any],
+        headers: Iterable[tuple[str, str]],
+    ) -> ResultPlan:
+        """Key a task request on the task's config identity, the digests of every model that
+        may answer and the caller's `fields`. BYPASS when the task is not `cacheable`, on
+        ``no-store``, or when a model has no digest (not installed, or Ollama cannot say)."""
+        directives = cache_control(list(headers))
+        if not cacheable or ttl_seconds <= 0 or NO_STORE in directives:
+            return ResultPlan(task, BYPASS)
+        digests = []
+        for model in models:
+            digest = self._digest_of(names.normalize(model))
+            if digest is None:
+                return ResultPlan(task, BYPASS)
+            digests.append(digest)
+        try:
+            key = task_key(task, identity, digests, fields)
+        except ValueError:
+            return ResultPlan(task, BYPASS)
+        refresh = NO_CACHE in directives
+        return ResultPlan(task, BYPASS if refresh else MISS, key, refresh, ttl_seconds)
+
+    def lookup_result(self, plan: ResultPlan, request_id: str) -> dict[str, Any] | None:
+        """A stored result under this request's id (timings stay the original's), counted as
+        a HIT; None otherwise (the caller counts its MISS or BYPASS with `count_result`)."""
+        if plan.key is None or plan.refresh:
+            return None
+        entry = self.store.get(plan.key)
+        if entry is None or not isinstance(entry.value, bytes):
+            return None
+        result = json.loads(entry.value)
+        result["request_id"] = request_id
+        self.count_result(plan, HIT)
+        return result
+
+    def keep_result(self, plan: ResultPlan, result: dict[str, Any]) -> bool:
+        """Store a finished 200 result for the task's TTL; the caller decides it is whole."""
+        if plan.key is None:
+            return False
+        try:
+            body = json.dumps(result, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False).encode("utf-8", "surrogatepass")  # fmt: skip
+        except ValueError:
+            return False
+        return self.store.put(plan.key, INFER_ROUTE, plan.task, body, len(body),
+                              ttl_seconds=plan.ttl_seconds)  # fmt: skip
+
+    def count_result(self, plan: ResultPlan, result: str) -> None:
+        # Task names come from the tasks file: a bounded set of labels.
+        self._count_route(INFER_ROUTE, plan.task, result)
 
     # --- hits and coalescing
 
@@ -479,13 +553,15 @@ class ResponseCache:
         return plan.intent.model_key or ""
 
     def _count(self, plan: Plan, result: str) -> None:
-        route = request_route(plan)
+        # Installed models only: a bounded set of labels.
+        model = self._model(plan) if plan.digest is not None else None
+        self._count_route(request_route(plan), model, result)
+
+    def _count_route(self, route: str, model: str | None, result: str) -> None:
         with self._lock:
             self._totals[result] += 1
-            if plan.digest is not None:  # installed models only: a bounded set of labels
-                counts = self._counts.setdefault(
-                    (route, self._model(plan)), dict.fromkeys(RESULTS, 0)
-                )
+            if model is not None:
+                counts = self._counts.setdefault((route, model), dict.fromkeys(RESULTS, 0))
                 counts[result] += 1
         if self._observer is not None:
             self._observer.on_cache_result(route, result)
