@@ -254,14 +254,14 @@ class ResponseCache:
         if not cacheable or ttl_seconds <= 0 or NO_STORE in directives:
             return ResultPlan(task, BYPASS)
         digests = []
-        for model in models:
-            digest = self._digest_of(names.normalize(model))
-            if digest is None:
-                return ResultPlan(task, BYPASS)
-            digests.append(digest)
         try:
+            for model in models:
+                digest = self._digest_of(names.normalize(model))
+                if digest is None:
+                    return ResultPlan(task, BYPASS)
+                digests.append(digest)
             key = task_key(task, identity, digests, fields)
-        except ValueError:
+        except ValueError:  # a name that is no model name, or NaN and the like: no exact key
             return ResultPlan(task, BYPASS)
         refresh = NO_CACHE in directives
         return ResultPlan(task, BYPASS if refresh else MISS, key, refresh, ttl_seconds)
