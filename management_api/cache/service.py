@@ -81,11 +81,11 @@ class ResultPlan:
 
 
 class _Flight:
-    """One upstream call that identical requests wait for."""
+    """One upstream call (or one task run) that identical requests wait for."""
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.answer: Answer | None = None
+        self.answer: Any = None  # an Answer; for a task run the stored result's JSON bytes
         self.waiters = 0
 
 
@@ -159,6 +159,12 @@ class _Recorder:
         finally:
             complete = getattr(self._body, "complete", False) and self._size <= self._limit
             self._end(b"".join(self._parts) if complete else None)
+
+
+def _replayed(stored: bytes, request_id: str) -> dict[str, Any]:
+    result = json.loads(stored)
+    result["request_id"] = request_id
+    return result
 
 
 def _with_header(response: ForwardedResponse, result: str) -> ForwardedResponse:
@@ -266,30 +272,101 @@ class ResponseCache:
         refresh = NO_CACHE in directives
         return ResultPlan(task, BYPASS if refresh else MISS, key, refresh, ttl_seconds)
 
+    def answer_result(
+        self,
+        plan: ResultPlan,
+        request_id: str,
+        run: Callable[[], dict[str, Any]],
+        *,
+        keep_if: Callable[[dict[str, Any]], bool],
+        gone: Callable[[], bool],
+        max_wait: float,
+    ) -> tuple[dict[str, Any], str]:
+        """The result of a task request with a key, and what X-Cache says about it.
+
+        A stored result → HIT. An identical request already running → wait for it (at most
+        `max_wait`, the request's own deadline; watching `gone`) and share its stored result →
+        COALESCED; if it stored none (failed, or not `keep_if`), look again and lead or wait
+        anew. Otherwise `run` it (MISS; ``no-cache``: BYPASS) and store what `keep_if` accepts.
+        Exceptions of `run` propagate; a waiter past `max_wait` gets a 504.
+        """
+        assert plan.key is not None
+        if plan.refresh:
+            self.count_result(plan, BYPASS)
+            result = run()
+            if keep_if(result):
+                self.keep_result(plan, result)
+            return result, BYPASS
+        hit = self.lookup_result(plan, request_id)
+        if hit is not None:
+            return hit, HIT
+        deadline = self._clock() + max_wait
+        while True:
+            with self._lock:
+                flight = self._flights.get(plan.key)
+                if flight is None:
+                    flight = self._flights[plan.key] = _Flight()
+                    break
+                flight.waiters += 1
+            try:
+                stored = self._wait_result(flight, gone, deadline)
+            finally:
+                with self._lock:
+                    flight.waiters -= 1
+            if stored is not None:
+                self.count_result(plan, COALESCED)
+                return _replayed(stored, request_id), COALESCED
+            hit = self.lookup_result(plan, request_id)
+            if hit is not None:
+                return hit, HIT
+        stored = None
+        try:
+            self.count_result(plan, MISS)
+            result = run()
+            if keep_if(result):
+                stored = self.keep_result(plan, result)
+            return result, MISS
+        finally:
+            self._land(plan.key, flight, stored)
+
+    def _wait_result(
+        self, flight: _Flight, gone: Callable[[], bool], deadline: float
+    ) -> bytes | None:
+        while not flight.done.wait(WAIT_STEP_SECONDS):
+            if gone():
+                raise ClientGone()
+            if self._clock() >= deadline:
+                raise errors.ApiError(
+                    "the deadline passed while an identical request was still running",
+                    http_status=504,
+                    type="deadline_exceeded",
+                )
+        return flight.answer if isinstance(flight.answer, bytes) else None
+
     def lookup_result(self, plan: ResultPlan, request_id: str) -> dict[str, Any] | None:
         """A stored result under this request's id (timings stay the original's), counted as
-        a HIT; None otherwise (the caller counts its MISS or BYPASS with `count_result`)."""
+        a HIT; None otherwise."""
         if plan.key is None or plan.refresh:
             return None
         entry = self.store.get(plan.key)
         if entry is None or not isinstance(entry.value, bytes):
             return None
-        result = json.loads(entry.value)
-        result["request_id"] = request_id
         self.count_result(plan, HIT)
-        return result
+        return _replayed(entry.value, request_id)
 
-    def keep_result(self, plan: ResultPlan, result: dict[str, Any]) -> bool:
-        """Store a finished 200 result for the task's TTL; the caller decides it is whole."""
+    def keep_result(self, plan: ResultPlan, result: dict[str, Any]) -> bytes | None:
+        """Store a finished 200 result for the task's TTL (the caller decides it is whole);
+        the stored JSON, or None when it was not stored."""
         if plan.key is None:
-            return False
+            return None
         try:
             body = json.dumps(result, separators=(",", ":"), ensure_ascii=False,
                               allow_nan=False).encode("utf-8", "surrogatepass")  # fmt: skip
         except ValueError:
-            return False
-        return self.store.put(plan.key, INFER_ROUTE, plan.task, body, len(body),
-                              ttl_seconds=plan.ttl_seconds)  # fmt: skip
+            return None
+        stored = self.store.put(plan.key, INFER_ROUTE, plan.task, body, len(body),
+                                ttl_seconds=plan.ttl_seconds)  # fmt: skip
+        return body if stored else None
 
     def count_result(self, plan: ResultPlan, result: str) -> None:
         # Task names come from the tasks file: a bounded set of labels.
@@ -372,7 +449,7 @@ class ResponseCache:
                 return None
         return flight.answer
 
-    def _land(self, key: str, flight: _Flight, answer: Answer | None) -> None:
+    def _land(self, key: str, flight: _Flight, answer: Any) -> None:
         with self._lock:
             if self._flights.get(key) is flight:
                 del self._flights[key]

@@ -131,39 +131,49 @@ def infer() -> ResponseReturnValue:
     call = _call(payload)
     services = _services()
     plan = _cache_plan(call)
-    if plan is not None:
-        # A hit takes no max_concurrent place and no slot, and never reaches Ollama.
-        hit = services.cache.lookup_result(plan, call.request_id)
-        if hit is not None:
-            g.cache = "HIT"
-            response = jsonify(hit)
-            response.headers[CACHE_HEADER] = "HIT"
-            return response
-        services.cache.count_result(plan, plan.result)
-        g.cache = plan.result
     orchestrator = services.orchestrator
-    try:
+
+    def run() -> dict[str, Any]:
         orchestrator.enter(call.config)
-        if call.stream:
-            return _cache_header(_stream(call), plan)
         try:
-            result = orchestrator.run(call)
+            return orchestrator.run(call)
         finally:
             orchestrator.leave()
+
+    outcome = plan.result if plan is not None else None
+    g.cache = outcome
+    if plan is not None and plan.key is None:
+        services.cache.count_result(plan, plan.result)  # BYPASS
+    try:
+        if call.stream:
+            orchestrator.enter(call.config)  # left by the stream's worker thread
+            return _cache_header(_stream(call), outcome)
+        if plan is None or plan.key is None:
+            result = run()
+        else:
+            # A hit or a shared result takes no max_concurrent place and no slot.
+            watch = call.watch
+            result, outcome = services.cache.answer_result(
+                plan,
+                call.request_id,
+                run,
+                keep_if=settled,
+                gone=watch.gone if watch is not None else (lambda: False),
+                max_wait=call.deadline_ms / 1000,
+            )
+            g.cache = outcome
     except ClientGone:
         return Response(b"", status=CLIENT_CLOSED_STATUS)
     except errors.ApiError as exc:
-        if plan is not None:
-            exc.headers[CACHE_HEADER] = plan.result
+        if outcome is not None:
+            exc.headers[CACHE_HEADER] = outcome
         raise
-    if plan is not None and settled(result):
-        services.cache.keep_result(plan, result)
-    return _cache_header(jsonify(result), plan)
+    return _cache_header(jsonify(result), outcome)
 
 
-def _cache_header(response: Response, plan: ResultPlan | None) -> Response:
-    if plan is not None:
-        response.headers[CACHE_HEADER] = plan.result
+def _cache_header(response: Response, outcome: str | None) -> Response:
+    if outcome is not None:
+        response.headers[CACHE_HEADER] = outcome
     return response
 
 

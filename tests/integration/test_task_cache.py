@@ -11,6 +11,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,15 @@ template = "p.md"
 options = { temperature = 0 }
 cache_ttl_seconds = 600
 
+[tasks.typed]
+strategy = "fallback"
+models = ["qwen3:14b-q8", "gemma3:4b"]
+template = "p.md"
+options = { temperature = 0 }
+output = "json"
+schema = "label.json"
+cache_ttl_seconds = 600
+
 [tasks.slow]
 strategy = "fallback"
 models = ["llama3.2:1b"]
@@ -86,7 +96,8 @@ options = { temperature = 0 }
 cache_ttl_seconds = 600
 """
 PROMPT = "Answer about {{input}}.\n"
-TIMING = ("request_id", "duration_ms", "timings")
+LABEL_SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}},
+                "required": ["label"]}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +106,7 @@ def cache_service(emulator: FakeOllama, tmp_path_factory) -> Iterator[tuple[Serv
     (folder / "limits.toml").write_text(BASE_LIMITS)
     (folder / "tasks.toml").write_text(TASKS)
     (folder / "p.md").write_text(PROMPT)
+    (folder / "label.json").write_text(json.dumps(LABEL_SCHEMA))
     (folder / "ollama.log").write_text("")
     env = {
         "OLLAMA_URL": emulator.url,
@@ -201,6 +213,27 @@ def test_a_hit_takes_no_task_place_and_no_slot(svc):
     assert svc.calls(GEMMA) == 1
 
 
+def test_identical_running_requests_share_one_run(svc):
+    # max_concurrent = 2: eight requests that each took a place would mostly get 429.
+    svc.emulator.script(GEMMA, content="shared answer", ttft_seconds=1.0)
+    start = threading.Barrier(8)
+
+    def ask(_: int) -> requests.Response:
+        start.wait(10)
+        return svc.infer("cached", "together")
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(8)))
+    assert [a.status_code for a in answers] == [200] * 8, [a.text for a in answers]
+    results = sorted(a.headers["X-Cache"] for a in answers)
+    assert results.count("MISS") == 1 and set(results) <= {"MISS", "COALESCED", "HIT"}
+    assert "COALESCED" in results
+    assert svc.calls(GEMMA) == 1
+    bodies = [a.json() for a in answers]
+    assert len({b["request_id"] for b in bodies}) == 8
+    assert {b["content"] for b in bodies} == {"shared answer"}
+
+
 def test_tasks_without_temperature_zero_or_ttl_are_never_cached(svc):
     answers = [svc.infer(task, "same") for task in ("warm", "warm", "off", "off")]
     assert [a.status_code for a in answers] == [200] * 4
@@ -229,6 +262,17 @@ def test_failed_or_failure_shaped_results_are_not_stored(svc):
     assert [r.status_code for r in chained] == [200, 200]
     assert {c["model"]: c["status"] for c in chained[0].json()["candidates"]}[PHI] == "error"
     assert [r.headers["X-Cache"] for r in chained] == ["MISS", "MISS"]
+
+    # An answer that failed the task's schema counts as such a failure.
+    assert requests.delete(svc.emulator.url + "/_fake/scripts", timeout=5).ok
+    svc.emulator.script(PHI, json={"labels": ["x"]})
+    svc.emulator.script(GEMMA, json={"label": "ok"})
+    typed = [svc.infer("typed", "classify") for _ in range(2)]
+    assert [r.status_code for r in typed] == [200, 200]
+    assert typed[0].json()["parsed"] == {"label": "ok"}
+    phi = next(c for c in typed[0].json()["candidates"] if c["model"] == PHI)
+    assert phi["status"] == "error" and phi["error"].startswith("schema:")
+    assert [r.headers["X-Cache"] for r in typed] == ["MISS", "MISS"]
     assert svc.cache()["entries"] == 0
 
 

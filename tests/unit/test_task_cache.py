@@ -3,12 +3,17 @@ which tasks and which results are cacheable, and the tasks file's ``cache_ttl_se
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from management_api import errors
 from management_api.cache.policy import task_key
-from management_api.cache.service import BYPASS, MISS, ResponseCache
+from management_api.cache.service import BYPASS, COALESCED, MISS, ResponseCache
+from management_api.proxy.transport import ClientGone
 from management_api.tasks.config import TasksConfigError, load_tasks
 from management_api.tasks.orchestrator import settled
 
@@ -44,7 +49,7 @@ class Clock:
         return self.now
 
 
-def _cache(digests: dict[str, str], clock: Clock) -> ResponseCache:
+def _cache(digests: dict[str, str], clock: Callable[[], float]) -> ResponseCache:
     return ResponseCache(max_bytes=1_000_000, ttl_seconds=900, digest_of=digests.get, clock=clock)
 
 
@@ -180,3 +185,124 @@ def test_identity_follows_what_shapes_the_answer(tmp_path):
         identity('options = { temperature = 0 }\noutput = "json"\n'),
     }
     assert base not in changed and len(changed) == 4
+
+
+def _runner(result: dict, started: threading.Event, release: threading.Event, calls: list):
+    def run() -> dict:
+        calls.append(1)
+        started.set()
+        assert release.wait(5)
+        if "error" in result:
+            raise errors.ApiError("failed", http_status=502, type="no_valid_answer")
+        return dict(result)
+
+    return run
+
+
+def test_identical_running_requests_share_one_run():
+    cache = _cache({"gemma3:4b": "sha256:g"}, Clock())
+    started, release, calls = threading.Event(), threading.Event(), []
+    run = _runner({"request_id": "lead", "content": "c"}, started, release, calls)
+    answers: dict[str, tuple[dict, str]] = {}
+
+    def ask(request_id: str) -> None:
+        answers[request_id] = cache.answer_result(
+            _plan(cache), request_id, run, keep_if=bool, gone=lambda: False, max_wait=5
+        )
+
+    leader = threading.Thread(target=ask, args=("lead",))
+    leader.start()
+    assert started.wait(5)
+    waiters = [threading.Thread(target=ask, args=(f"w{i}",)) for i in range(3)]
+    for waiter in waiters:
+        waiter.start()
+    deadline = time.monotonic() + 5
+    while cache.snapshot()["waiting"] < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    release.set()
+    for thread in (leader, *waiters):
+        thread.join(5)
+    assert len(calls) == 1
+    assert answers["lead"] == ({"request_id": "lead", "content": "c"}, MISS)
+    for i in range(3):
+        assert answers[f"w{i}"] == ({"request_id": f"w{i}", "content": "c"}, COALESCED)
+    assert cache.snapshot()["in_flight"] == 0
+
+
+def test_a_failed_run_lets_a_waiter_run_itself_and_waiters_leave_on_time():
+    cache = _cache({"gemma3:4b": "sha256:g"}, time.monotonic)
+    started, release, calls = threading.Event(), threading.Event(), []
+    failing = _runner({"error": True}, started, release, calls)
+    outcome: list = []
+
+    def lead() -> None:
+        with pytest.raises(errors.ApiError):
+            cache.answer_result(
+                _plan(cache), "lead", failing, keep_if=bool, gone=lambda: False, max_wait=5
+            )
+
+    def follow() -> None:
+        outcome.append(
+            cache.answer_result(
+                _plan(cache),
+                "w",
+                lambda: {"content": "own"},
+                keep_if=bool,
+                gone=lambda: False,
+                max_wait=5,
+            )
+        )
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    assert started.wait(5)
+    follower = threading.Thread(target=follow)
+    follower.start()
+    deadline = time.monotonic() + 5
+    while cache.snapshot()["waiting"] < 1:  # the follower waits for the leader
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    release.set()
+    leader.join(5)
+    follower.join(5)
+    assert outcome == [({"content": "own"}, MISS)]
+
+    # A waiter whose client left, or whose own deadline passed, stops waiting.
+    started.clear()
+    release.clear()
+    blocked = threading.Thread(
+        target=lambda: cache.answer_result(
+            _plan(cache, fields={"input": "y"}),
+            "b",
+            _runner({"c": 1}, started, release, []),
+            keep_if=bool,
+            gone=lambda: False,
+            max_wait=5,
+        )
+    )
+    blocked.start()
+    assert started.wait(5)
+    try:
+        with pytest.raises(ClientGone):
+            cache.answer_result(
+                _plan(cache, fields={"input": "y"}),
+                "g",
+                dict,
+                keep_if=bool,
+                gone=lambda: True,
+                max_wait=5,
+            )
+        with pytest.raises(errors.ApiError) as caught:
+            cache.answer_result(
+                _plan(cache, fields={"input": "y"}),
+                "d",
+                dict,
+                keep_if=bool,
+                gone=lambda: False,
+                max_wait=0.1,
+            )
+        assert (caught.value.status, caught.value.type) == (504, "deadline_exceeded")
+    finally:
+        release.set()
+        blocked.join(5)
