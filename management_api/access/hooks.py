@@ -114,11 +114,13 @@ def log_request(
     key: ApiKey | None,
     status: int,
     started: float,
+    cache: str | None = None,
 ) -> None:
-    """The access-log line of a request the gateway did not log itself."""
+    """The access-log line of a request the gateway did not log itself (``cache``: what the
+    response cache did with a ``/v1/infer`` request, when it is on)."""
     if not access_log.isEnabledFor(logging.INFO):
         return
-    access_log.info(json.dumps({
+    line = {
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "request_id": request_id,
         "remote_addr": remote_addr,
@@ -127,7 +129,10 @@ def log_request(
         "key": key.name if key else None,
         "status": status,
         "duration_ms": round((time.monotonic() - started) * 1000, 2),
-    }, separators=(",", ":")))  # fmt: skip
+    }
+    if cache is not None:
+        line["cache"] = cache
+    access_log.info(json.dumps(line, separators=(",", ":")))
 
 
 def init_app(app: Flask, keyring: KeyRing, cors: CorsPolicy) -> None:
@@ -170,6 +175,7 @@ def init_app(app: Flask, keyring: KeyRing, cors: CorsPolicy) -> None:
         started = getattr(g, "started", time.monotonic())
         key = getattr(g, "key", None)
         proxied = getattr(g, "proxied", False)
+        cache = getattr(g, "cache", None)
         remote = request.remote_addr
         method, path = request.method, request.path
 
@@ -178,7 +184,8 @@ def init_app(app: Flask, keyring: KeyRing, cors: CorsPolicy) -> None:
                 keyring.release(key_slot)
             if not proxied:
                 log_request(request_id=request_id, remote_addr=remote, method=method, path=path,
-                            key=key, status=response.status_code, started=started)  # fmt: skip
+                            key=key, status=response.status_code, started=started,
+                            cache=cache)  # fmt: skip
 
         response.call_on_close(on_close)
         return response

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from management_api.proxy.inference import InferenceRequest
 
+INFER_ROUTE = "/v1/infer"
 GENERATIONS = frozenset({"generate", "chat", "openai_chat", "openai_completions"})
 EMBEDDINGS = frozenset({"embed", "embeddings", "openai_embeddings"})
 OPENAI_KINDS = frozenset({"openai_chat", "openai_completions", "openai_embeddings"})
@@ -99,6 +101,15 @@ def item_key(path: str, digest: str, payload: dict[str, Any], item: str) -> str:
     fields = _key_fields(payload, NOT_IN_KEY | {"input"})
     fields["input"] = item
     return _hash(path, digest, _canonical(fields))
+
+
+def task_key(task: str, identity: str, digests: Sequence[str], fields: Mapping[str, Any]) -> str:
+    """The key of a whole ``/v1/infer`` result: the task's name and config identity, the
+    digests of every model that may answer (in order), and the caller's fields that change the
+    answer (input, strategy, models; not deadline_ms or stream). Raises ValueError for a body
+    JSON cannot repeat exactly."""
+    canonical = _canonical({"task": task, "config": identity, "request": dict(fields)})
+    return _hash(INFER_ROUTE, ",".join(digests), canonical)
 
 
 def _hash(path: str, digest: str, canonical: bytes) -> str:

@@ -23,10 +23,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from management_api import errors
+from management_api import errors, names
 from management_api.cache.answers import Answer, finish_reason, render
 from management_api.cache.embeddings import EmbedItem, compose_answer, split_answer
 from management_api.cache.policy import (
+    INFER_ROUTE,
     JSON,
     NDJSON,
     NO_CACHE,
@@ -38,6 +39,7 @@ from management_api.cache.policy import (
     item_key,
     request_key,
     request_shape,
+    task_key,
 )
 from management_api.cache.store import LruStore
 from management_api.proxy.gateway import ClientRequest, ForwardedResponse
@@ -67,12 +69,23 @@ class ServedLog(Protocol):
     ) -> None: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class ResultPlan:
+    """What the cache does with one ``/v1/infer`` request (see ``ResponseCache.plan_result``)."""
+
+    task: str
+    result: str  # what X-Cache says when the request is not a hit: MISS or BYPASS
+    key: str | None = None  # None: neither read nor written
+    refresh: bool = False  # Cache-Control: no-cache: skip the lookup, store the new result
+    ttl_seconds: float = 0.0
+
+
 class _Flight:
-    """One upstream call that identical requests wait for."""
+    """One upstream call (or one task run) that identical requests wait for."""
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.answer: Answer | None = None
+        self.answer: Any = None  # an Answer; for a task run the stored result's JSON bytes
         self.waiters = 0
 
 
@@ -148,6 +161,12 @@ class _Recorder:
             self._end(b"".join(self._parts) if complete else None)
 
 
+def _replayed(stored: bytes, request_id: str) -> dict[str, Any]:
+    result = json.loads(stored)
+    result["request_id"] = request_id
+    return result
+
+
 def _with_header(response: ForwardedResponse, result: str) -> ForwardedResponse:
     return dataclasses.replace(response, headers=[*response.headers, (HEADER, result)])
 
@@ -220,6 +239,138 @@ class ResponseCache:
             return Plan(intent, payload, cacheable=False)
         shape = request_shape(intent, payload)
         return Plan(intent, payload, True, key=key, shape=shape, refresh=refresh, digest=digest)
+
+    # --- whole /v1/infer results (the route runs the task; see README, Response cache)
+
+    def plan_result(
+        self,
+        *,
+        task: str,
+        identity: str,
+        ttl_seconds: float,
+        cacheable: bool,
+        models: Iterable[str],
+        fields: dict[str, Any],
+        headers: Iterable[tuple[str, str]],
+    ) -> ResultPlan:
+        """Key a task request on the task's config identity, the digests of every model that
+        may answer and the caller's `fields`. BYPASS when the task is not `cacheable`, on
+        ``no-store``, or when a model has no digest (not installed, or Ollama cannot say)."""
+        directives = cache_control(list(headers))
+        if not cacheable or ttl_seconds <= 0 or NO_STORE in directives:
+            return ResultPlan(task, BYPASS)
+        digests = []
+        try:
+            for model in models:
+                digest = self._digest_of(names.normalize(model))
+                if digest is None:
+                    return ResultPlan(task, BYPASS)
+                digests.append(digest)
+            key = task_key(task, identity, digests, fields)
+        except ValueError:  # a name that is no model name, or NaN and the like: no exact key
+            return ResultPlan(task, BYPASS)
+        refresh = NO_CACHE in directives
+        return ResultPlan(task, BYPASS if refresh else MISS, key, refresh, ttl_seconds)
+
+    def answer_result(
+        self,
+        plan: ResultPlan,
+        request_id: str,
+        run: Callable[[], dict[str, Any]],
+        *,
+        keep_if: Callable[[dict[str, Any]], bool],
+        gone: Callable[[], bool],
+        max_wait: float,
+    ) -> tuple[dict[str, Any], str]:
+        """The result of a task request with a key, and what X-Cache says about it.
+
+        A stored result → HIT. An identical request already running → wait for it (at most
+        `max_wait`, the request's own deadline; watching `gone`) and share its stored result →
+        COALESCED; if it stored none (failed, or not `keep_if`), look again and lead or wait
+        anew. Otherwise `run` it (MISS; ``no-cache``: BYPASS) and store what `keep_if` accepts.
+        Exceptions of `run` propagate; a waiter past `max_wait` gets a 504.
+        """
+        assert plan.key is not None
+        if plan.refresh:
+            self.count_result(plan, BYPASS)
+            result = run()
+            if keep_if(result):
+                self.keep_result(plan, result)
+            return result, BYPASS
+        hit = self.lookup_result(plan, request_id)
+        if hit is not None:
+            return hit, HIT
+        deadline = self._clock() + max_wait
+        while True:
+            with self._lock:
+                flight = self._flights.get(plan.key)
+                if flight is None:
+                    flight = self._flights[plan.key] = _Flight()
+                    break
+                flight.waiters += 1
+            try:
+                stored = self._wait_result(flight, gone, deadline)
+            finally:
+                with self._lock:
+                    flight.waiters -= 1
+            if stored is not None:
+                self.count_result(plan, COALESCED)
+                return _replayed(stored, request_id), COALESCED
+            hit = self.lookup_result(plan, request_id)
+            if hit is not None:
+                return hit, HIT
+        stored = None
+        try:
+            self.count_result(plan, MISS)
+            result = run()
+            if keep_if(result):
+                stored = self.keep_result(plan, result)
+            return result, MISS
+        finally:
+            self._land(plan.key, flight, stored)
+
+    def _wait_result(
+        self, flight: _Flight, gone: Callable[[], bool], deadline: float
+    ) -> bytes | None:
+        while not flight.done.wait(WAIT_STEP_SECONDS):
+            if gone():
+                raise ClientGone()
+            if self._clock() >= deadline:
+                raise errors.ApiError(
+                    "the deadline passed while an identical request was still running",
+                    http_status=504,
+                    type="deadline_exceeded",
+                )
+        return flight.answer if isinstance(flight.answer, bytes) else None
+
+    def lookup_result(self, plan: ResultPlan, request_id: str) -> dict[str, Any] | None:
+        """A stored result under this request's id (timings stay the original's), counted as
+        a HIT; None otherwise."""
+        if plan.key is None or plan.refresh:
+            return None
+        entry = self.store.get(plan.key)
+        if entry is None or not isinstance(entry.value, bytes):
+            return None
+        self.count_result(plan, HIT)
+        return _replayed(entry.value, request_id)
+
+    def keep_result(self, plan: ResultPlan, result: dict[str, Any]) -> bytes | None:
+        """Store a finished 200 result for the task's TTL (the caller decides it is whole);
+        the stored JSON, or None when it was not stored."""
+        if plan.key is None:
+            return None
+        try:
+            body = json.dumps(result, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False).encode("utf-8", "surrogatepass")  # fmt: skip
+        except ValueError:
+            return None
+        stored = self.store.put(plan.key, INFER_ROUTE, plan.task, body, len(body),
+                                ttl_seconds=plan.ttl_seconds)  # fmt: skip
+        return body if stored else None
+
+    def count_result(self, plan: ResultPlan, result: str) -> None:
+        # Task names come from the tasks file: a bounded set of labels.
+        self._count_route(INFER_ROUTE, plan.task, result)
 
     # --- hits and coalescing
 
@@ -298,7 +449,7 @@ class ResponseCache:
                 return None
         return flight.answer
 
-    def _land(self, key: str, flight: _Flight, answer: Answer | None) -> None:
+    def _land(self, key: str, flight: _Flight, answer: Any) -> None:
         with self._lock:
             if self._flights.get(key) is flight:
                 del self._flights[key]
@@ -479,13 +630,15 @@ class ResponseCache:
         return plan.intent.model_key or ""
 
     def _count(self, plan: Plan, result: str) -> None:
-        route = request_route(plan)
+        # Installed models only: a bounded set of labels.
+        model = self._model(plan) if plan.digest is not None else None
+        self._count_route(request_route(plan), model, result)
+
+    def _count_route(self, route: str, model: str | None, result: str) -> None:
         with self._lock:
             self._totals[result] += 1
-            if plan.digest is not None:  # installed models only: a bounded set of labels
-                counts = self._counts.setdefault(
-                    (route, self._model(plan)), dict.fromkeys(RESULTS, 0)
-                )
+            if model is not None:
+                counts = self._counts.setdefault((route, model), dict.fromkeys(RESULTS, 0))
                 counts[result] += 1
         if self._observer is not None:
             self._observer.on_cache_result(route, result)

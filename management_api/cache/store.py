@@ -56,14 +56,25 @@ class LruStore:
             self._entries.move_to_end(key)
             return entry
 
-    def put(self, key: str, route: str, model: str, value: Any, size: int) -> bool:
-        """Store (or replace) an entry; False when it alone is larger than a quarter of the
-        cap (one huge answer must not flush everything else)."""
+    def put(
+        self,
+        key: str,
+        route: str,
+        model: str,
+        value: Any,
+        size: int,
+        *,
+        ttl_seconds: float | None = None,
+    ) -> bool:
+        """Store (or replace) an entry, for `ttl_seconds` (default: the store's TTL); False
+        when it alone is larger than a quarter of the cap (one huge answer must not flush
+        everything else)."""
         size += ENTRY_OVERHEAD_BYTES
         if size > self.max_bytes // 4:
             return False
         now = self._clock()
-        entry = Entry(key, route, model, value, size, now + self.ttl_seconds)
+        ttl = self.ttl_seconds if ttl_seconds is None else ttl_seconds
+        entry = Entry(key, route, model, value, size, now + ttl)
         with self._lock:
             old = self._entries.get(key)
             if old is not None:

@@ -19,9 +19,11 @@ from flask.typing import ResponseReturnValue
 
 from management_api import errors, names
 from management_api.bodies import loads_bounded
+from management_api.cache.service import HEADER as CACHE_HEADER
+from management_api.cache.service import ResultPlan
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
 from management_api.tasks.config import MAX_MODELS_PER_TASK, STRATEGIES, STREAMABLE
-from management_api.tasks.orchestrator import InferCall
+from management_api.tasks.orchestrator import InferCall, settled
 
 bp = Blueprint("tasks", __name__)
 
@@ -100,6 +102,26 @@ def _call(payload: Any) -> InferCall:
     )
 
 
+def _cache_plan(call: InferCall) -> ResultPlan | None:
+    """What the response cache does with this request; None when the cache is off."""
+    cache = _services().cache
+    if cache is None:
+        return None
+    task = call.task
+    models = list(call.models)
+    if call.strategy == "judge" and task.judge is not None:
+        models.append(task.judge.model)  # the judge's answer decides: its digest counts
+    return cache.plan_result(
+        task=task.name,
+        identity=task.identity,
+        ttl_seconds=task.cache_ttl_seconds,
+        cacheable=task.cacheable and not call.stream,
+        models=models,
+        fields={"input": call.input, "strategy": call.strategy, "models": models},
+        headers=request.headers.items(),
+    )
+
+
 @bp.post("/v1/infer")
 def infer() -> ResponseReturnValue:
     try:
@@ -107,17 +129,52 @@ def infer() -> ResponseReturnValue:
     except (ValueError, UnicodeDecodeError):
         raise _bad("the body must be a JSON object", "body") from None
     call = _call(payload)
-    orchestrator = _services().orchestrator
-    orchestrator.enter(call.config)
-    if call.stream:
-        return _stream(call)
+    services = _services()
+    plan = _cache_plan(call)
+    orchestrator = services.orchestrator
+
+    def run() -> dict[str, Any]:
+        orchestrator.enter(call.config)
+        try:
+            return orchestrator.run(call)
+        finally:
+            orchestrator.leave()
+
+    outcome = plan.result if plan is not None else None
+    g.cache = outcome
+    if plan is not None and plan.key is None:
+        services.cache.count_result(plan, plan.result)  # BYPASS
     try:
-        result = orchestrator.run(call)
+        if call.stream:
+            orchestrator.enter(call.config)  # left by the stream's worker thread
+            return _cache_header(_stream(call), outcome)
+        if plan is None or plan.key is None:
+            result = run()
+        else:
+            # A hit or a shared result takes no max_concurrent place and no slot.
+            watch = call.watch
+            result, outcome = services.cache.answer_result(
+                plan,
+                call.request_id,
+                run,
+                keep_if=settled,
+                gone=watch.gone if watch is not None else (lambda: False),
+                max_wait=call.deadline_ms / 1000,
+            )
+            g.cache = outcome
     except ClientGone:
         return Response(b"", status=CLIENT_CLOSED_STATUS)
-    finally:
-        orchestrator.leave()
-    return jsonify(result)
+    except errors.ApiError as exc:
+        if outcome is not None:
+            exc.headers[CACHE_HEADER] = outcome
+        raise
+    return _cache_header(jsonify(result), outcome)
+
+
+def _cache_header(response: Response, outcome: str | None) -> Response:
+    if outcome is not None:
+        response.headers[CACHE_HEADER] = outcome
+    return response
 
 
 class _StreamWatch(ClientWatch):

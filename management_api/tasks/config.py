@@ -8,6 +8,8 @@ request keeps the config it started with.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -47,7 +49,9 @@ _TASK_KEYS = (
     "quorum",
     "judge",
     "fallback",
+    "cache_ttl_seconds",
 )
+_DEFAULTS_KEYS = ("deadline_ms", "max_deadline_ms", "max_concurrent", "cache_ttl_seconds")
 
 
 class TasksConfigError(ValueError):
@@ -111,9 +115,21 @@ class Task:
     quorum: float = 0.67
     judge: Judge | None = None
     fallback: str | None = None
+    cache_ttl_seconds: int = 0  # 0: results are never cached
+    identity: str = ""  # hash of everything above that shapes an answer (the cache keys on it)
 
     def weight(self, model: str) -> float:
         return self.weights.get(model, 1.0)
+
+    @property
+    def deterministic(self) -> bool:
+        """The options set temperature 0 explicitly (an omitted one is Ollama's default)."""
+        return _is_zero(self.options.get("temperature"))
+
+    @property
+    def cacheable(self) -> bool:
+        """Results may be kept by the response cache (when it is on)."""
+        return self.cache_ttl_seconds > 0 and self.deterministic
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -133,6 +149,7 @@ class Task:
             ),
             "fallback": self.fallback,
             "fields": list(self.template.fields),
+            "cache_ttl_seconds": self.cache_ttl_seconds,
         }
 
 
@@ -141,6 +158,7 @@ class Defaults:
     deadline_ms: int = 30000
     max_deadline_ms: int = 300000
     max_concurrent: int = 4
+    cache_ttl_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -164,6 +182,38 @@ class TasksConfig:
             "defaults": vars(self.defaults).copy(),
             "breaker": vars(self.breaker).copy(),
         }
+
+
+def _is_zero(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+
+
+def task_identity(task: Task) -> str:
+    """A hash of the task's resolved definition: every setting that can change its answer
+    (template and schema texts, not their paths). The TTL is left out: it changes how long an
+    answer is kept, not the answer."""
+    judge = task.judge
+    definition = {
+        "strategy": task.strategy,
+        "models": list(task.models),
+        "template": task.template.text,
+        "system": task.system,
+        "options": task.options,
+        "output": task.output,
+        "schema": task.schema,
+        "hedge_after_ms": task.hedge_after_ms,
+        "weights": task.weights,
+        "vote_field": task.vote_field,
+        "quorum": task.quorum,
+        "judge": (
+            {"model": judge.model, "template": judge.template.text, "share": judge.deadline_share}
+            if judge
+            else None
+        ),
+        "fallback": task.fallback,
+    }
+    text = json.dumps(definition, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # --- checks ----------------------------------------------------------------------------------
@@ -274,7 +324,7 @@ def _schema(base: Path, value: Any, src: str, path: str) -> dict[str, Any]:
     return schema
 
 
-def _build_task(name: str, table: Any, base: Path, src: str) -> Task:
+def _build_task(name: str, table: Any, base: Path, src: str, default_ttl: int = 0) -> Task:
     path = f"tasks.{name}"
     if not _TASK_NAME.match(name):
         raise _fail(src, path, "bad task name", "lower-case letters, digits and _ (max 64)")
@@ -358,13 +408,28 @@ def _build_task(name: str, table: Any, base: Path, src: str) -> Task:
             f"got {_shown(fallback)}",
             "one of: fallback, fastest, voting, weighted, consensus",
         )
-    return Task(
+    options = dict(options)
+    cache_ttl = default_ttl
+    if "cache_ttl_seconds" in table:
+        cache_ttl = _int(table, "cache_ttl_seconds", 0, 0, src, path)
+        if cache_ttl > 0 and not _is_zero(options.get("temperature")):
+            # A TTL that could never apply is a mistake, not a setting (only results of
+            # temperature 0 are deterministic enough to keep).
+            raise _fail(
+                src,
+                f"{path}.cache_ttl_seconds",
+                "set but options.temperature is not 0",
+                "options = { temperature = 0, ... } or cache_ttl_seconds = 0",
+            )
+    elif not _is_zero(options.get("temperature")):
+        cache_ttl = 0  # the [defaults] TTL applies to temperature-0 tasks only
+    task = Task(
         name=name,
         strategy=strategy,
         models=model_list,
         template=template,
         system=system,
-        options=dict(options),
+        options=options,
         output=output,
         schema=schema,
         hedge_after_ms=_int(table, "hedge_after_ms", 1500, 1, src, path),
@@ -373,18 +438,21 @@ def _build_task(name: str, table: Any, base: Path, src: str) -> Task:
         quorum=_fraction(table, "quorum", 0.67, src, path, closed=True),
         judge=judge,
         fallback=fallback,
+        cache_ttl_seconds=cache_ttl,
     )
+    return dataclasses.replace(task, identity=task_identity(task))
 
 
 def build_tasks(data: Mapping[str, Any], source: str, base: Path) -> TasksConfig:
     """Validate a decoded TOML document into a ``TasksConfig``."""
     _keys(data, ("defaults", "breaker", "tasks"), source, "")
     table = _table(data.get("defaults", {}), source, "defaults")
-    _keys(table, ("deadline_ms", "max_deadline_ms", "max_concurrent"), source, "defaults")
+    _keys(table, _DEFAULTS_KEYS, source, "defaults")
     defaults = Defaults(
         deadline_ms=_int(table, "deadline_ms", 30000, 1, source, "defaults"),
         max_deadline_ms=_int(table, "max_deadline_ms", 300000, 1, source, "defaults"),
         max_concurrent=_int(table, "max_concurrent", 4, 1, source, "defaults"),
+        cache_ttl_seconds=_int(table, "cache_ttl_seconds", 0, 0, source, "defaults"),
     )
     if defaults.deadline_ms > defaults.max_deadline_ms:
         raise _fail(
@@ -416,7 +484,10 @@ def build_tasks(data: Mapping[str, Any], source: str, base: Path) -> TasksConfig
     if breaker.min_calls > breaker.window:
         raise _fail(source, "breaker.min_calls", "larger than window", "min_calls <= window")
     tasks_table = _table(data.get("tasks", {}), source, "tasks")
-    tasks = {name: _build_task(name, t, base, source) for name, t in tasks_table.items()}
+    tasks = {
+        name: _build_task(name, t, base, source, defaults.cache_ttl_seconds)
+        for name, t in tasks_table.items()
+    }
     widest = max((len(t.models) + 1 for t in tasks.values()), default=1)
     if defaults.max_concurrent * widest > BRANCH_THREADS:
         raise _fail(

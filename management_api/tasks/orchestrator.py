@@ -79,6 +79,29 @@ class InferCall:
     on_token: Callable[[str], None] | None = None  # stream: the winner's text as it comes
 
 
+# Candidate outcomes that mean a failure shaped the result (a model erred or ran out of time):
+# another run could well answer differently.
+_UNSETTLED = frozenset({br.ERROR, br.TIMEOUT})
+# Skips that are no failure: a hedge not started because its model was cold or busy.
+_HEDGE_SKIPS = frozenset({"not_loaded", "no_free_slot"})
+
+
+def settled(result: dict[str, Any]) -> bool:
+    """Whether a 200 result may be kept by the response cache: the strategy decided it itself
+    (no ``decided_by`` fallback rule) among candidates none of which failed, timed out or was
+    skipped (open breaker, no slot before the deadline). Cancelled hedges, early-stopped voters
+    and hedges not started because their model was cold or busy do not count."""
+    if result.get("decided_by"):
+        return False
+    for candidate in result.get("candidates", ()):
+        status = candidate.get("status")
+        if status in _UNSETTLED:
+            return False
+        if status == br.SKIPPED and candidate.get("error") not in _HEDGE_SKIPS:
+            return False
+    return True
+
+
 class InferFailed(errors.ApiError):
     """An orchestration outcome that is not an answer; carries the candidates."""
 
