@@ -143,6 +143,9 @@ class ClientWatch:
         self._gone = False
         self.pipelined = False  # bytes of a next request are waiting: readability says nothing
 
+    def mark_gone(self) -> None:
+        self._gone = True
+
     @property
     def sock(self) -> socket.socket | None:
         """The socket to wait on together with upstream, while that tells anything."""
@@ -281,7 +284,12 @@ def wait_readable(
     try:
         readable, _, _ = select.select(fds, [], [], max(0.0, timeout))
     except (OSError, ValueError):
-        return "upstream"  # closed under us: the read says how
+        if client is not None and client.fileno() < 0:
+            # The server closed the client's socket (a failed write on another thread).
+            if isinstance(watch, ClientWatch):
+                watch.mark_gone()
+            return "client_gone"
+        return "upstream"  # the upstream socket was closed under us: the read says how
     if wake_fd is not None and wake_fd in readable:
         return "cancelled"
     if upstream in readable:

@@ -120,3 +120,18 @@ def test_a_failing_callback_does_not_stop_the_watcher(watcher):
     assert ok.wait(2)
     first.close()
     second.close()
+
+
+def test_a_client_socket_closed_by_the_server_reads_as_client_gone():
+    """gunicorn closes the client's socket when a write on another thread failed; a wait that
+    had it in its select must say the client is gone, not go reading upstream."""
+    from management_api.proxy.transport import ClientWatch, wait_readable
+
+    upstream, upstream_peer = _pair()
+    client, client_peer = _pair()
+    watch = ClientWatch(client)
+    client.close()
+    assert wait_readable(upstream, watch, None, 1.0) == "client_gone"
+    assert watch.gone()
+    for sock in (upstream, upstream_peer, client_peer):
+        sock.close()
