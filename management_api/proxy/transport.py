@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import queue
 import select
@@ -53,6 +54,31 @@ GRACE_RETRY_INTERVAL_SECONDS = 0.25
 DEFAULT_RELEASE_TIMEOUT_SECONDS = 30.0
 # Released is what the caller's callback is told: (seconds Ollama took to let go, timed out).
 Released = Callable[[float, bool], None]
+
+_POLL_READ = select.POLLIN | select.POLLPRI
+
+
+def ready_to_read(waitables: Iterable[Any], timeout: float) -> list[Any]:
+    """Those of ``waitables`` (sockets or file descriptors) that are readable, closed by the peer
+    or in error, waiting at most ``timeout`` seconds.
+
+    ``poll``, not ``select``: select() refuses descriptors from 1024 up, and a worker holding a
+    thousand connections has them, which read as a client gone. A descriptor closed under us
+    raises OSError, as with select().
+    """
+    poller = select.poll()
+    by_fd: dict[int, Any] = {}
+    for waitable in waitables:
+        fd = waitable if isinstance(waitable, int) else waitable.fileno()
+        if fd < 0:
+            raise ValueError("a closed socket cannot be waited on")
+        poller.register(fd, _POLL_READ)
+        by_fd[fd] = waitable
+    events = poller.poll(math.ceil(max(0.0, timeout) * 1000))
+    if any(event & select.POLLNVAL for _, event in events):
+        raise OSError("a descriptor was closed while waited on")
+    return [by_fd[fd] for fd, _ in events]
+
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus what a proxy must set itself.
 HOP_BY_HOP = frozenset(
@@ -159,8 +185,7 @@ class ClientWatch:
         if self._gone or self._sock is None:
             return self._gone
         try:
-            readable, _, _ = select.select([self._sock], [], [], 0)
-            if readable:
+            if ready_to_read([self._sock], 0):
                 self._gone = self._sock.recv(1, socket.MSG_PEEK) == b""
                 self.pipelined = not self._gone
         except (OSError, ValueError):
@@ -197,10 +222,9 @@ class UpstreamConnection:
         if self.sock is None:
             return False
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
+            return not ready_to_read([self.sock], 0)
         except (OSError, ValueError):
             return False
-        return not readable
 
     def close(self) -> None:
         if self.sock is not None:
@@ -282,7 +306,7 @@ def wait_readable(
     else:
         timeout = min(timeout, WATCH_INTERVAL_SECONDS)
     try:
-        readable, _, _ = select.select(fds, [], [], max(0.0, timeout))
+        readable = ready_to_read(fds, timeout)
     except (OSError, ValueError):
         if client is not None and client.fileno() < 0:
             # The server closed the client's socket (a failed write on another thread).
