@@ -5,7 +5,7 @@ One `UpstreamExchange` is one request to Ollama. Its life:
 1. ``send``: take a pooled connection (or open one, retrying connection-refused during the
    restart grace window while the client is still there) and send the request.
 2. ``wait_for_headers``: Ollama sends nothing during queueing, model load and prompt evaluation,
-   so a blocking read would leave us blind to a client that went away. One ``select`` waits on
+   so a blocking read would leave us blind to a client that went away. One ``poll`` waits on
    the upstream socket, the client's socket and the exchange's wake-up fd together, so a client
    that leaves (or a cancel from another thread) is acted on at once, not at the next poll.
 3. ``body``: a `ProxiedBody` iterable yields upstream bytes as they arrive (no re-encoding, one
@@ -294,7 +294,7 @@ def wait_readable(
     """Wait until upstream has bytes, the client left, or a cancel came; say which.
 
     Returns ``"upstream"``, ``"client_gone"``, ``"cancelled"`` or ``"timeout"``. The client's
-    socket is part of the one ``select`` while it can tell anything; otherwise (no socket, or a
+    socket is part of the one ``poll`` while it can tell anything; otherwise (no socket, or a
     pipelined request waiting in it) it is looked at every WATCH_INTERVAL_SECONDS.
     """
     client = getattr(watch, "sock", None)
