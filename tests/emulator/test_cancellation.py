@@ -188,8 +188,12 @@ def test_a_fin_before_the_handler_started_still_waits_for_the_handler() -> None:
 
     eof_at, busy_at_eof, records = asyncio.run(scenario())
     assert eof_at is not None
-    # When the client sees the close, the emulator works on nothing (it either never started
-    # the handler, or closed after it ended).
+    # Go calls the handler of every request it read, FIN or not: Ollama saw this request (and
+    # the proxy's tests look for it), its handler found the client gone and stopped.
+    seen = [r for r in records if r["request_id"] == "fin-first"]
+    assert len(seen) == 1 and seen[0]["outcome"] == "client_closed", records
+    # When the client sees the close, the emulator works on nothing: it closed after the
+    # handler ended.
     assert busy_at_eof == 0, records
     for record in records:
         if record["slot_entered_at"] is not None:

@@ -32,6 +32,8 @@ from .state import EmulatorState
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 _EMPTY_BODY = object()
+# Loop turns a FIN waits for the handler of an already read request to start (it takes one).
+_HANDLER_START_TURNS = 20
 
 
 @dataclass(frozen=True)
@@ -377,14 +379,28 @@ class _GoConnection(RequestHandler):
 
     def eof_received(self) -> bool | None:
         task = self._task_handler
-        waiting = self._waiter  # set while the connection waits for its next request
-        idle = waiting is not None and not waiting.done() and not self._messages
-        if task is not None and not task.done() and not idle:
+        if task is not None and not task.done() and not self._idle():
             # A request was read and is being (or about to be) handled: the FIN can arrive
             # before its handler task has even started, and must not close the socket then.
-            task.cancel()  # aiohttp's force_close() closes the transport once the handler ended
-            return True  # keep the half-open connection until then
+            self._cancel_once_handling(task, turns_left=_HANDLER_START_TURNS)
+            return True  # keep the half-open connection until the handler ended
         return None  # idle keep-alive connection: close now
+
+    def _idle(self) -> bool:
+        waiting = self._waiter  # set while the connection waits for its next request
+        return waiting is not None and not waiting.done() and not self._messages
+
+    def _cancel_once_handling(self, task: asyncio.Task, turns_left: int) -> None:
+        # Go calls the handler of every request it has read, FIN or not; the handler then
+        # finds its context cancelled. Before Python 3.12 aiohttp starts the handler as a task
+        # of its own one loop turn later, and a cancel in that turn would drop the request
+        # unseen. So wait (a few turns at most) until the handler runs, then cancel it.
+        if task.done():
+            return
+        if self._request_in_progress or self._idle() or turns_left <= 0:
+            task.cancel()  # aiohttp's force_close() closes the transport once the handler ended
+            return
+        self._loop.call_soon(self._cancel_once_handling, task, turns_left - 1)
 
 
 class _GoServer(Server):
