@@ -53,7 +53,11 @@ format: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: lint browser router-venv
+# The three installs are independent and mostly wait on the network or apt, so they run side by
+# side: on a fresh 2-core machine that takes about a minute off `make test`.
+test:
+	$(MAKE) --no-print-directory -j3 venv router-venv browser
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 
 # Debian's chromium + chromedriver for the status page's browser tests (installed when missing
