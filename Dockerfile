@@ -53,8 +53,11 @@ RUN apt-get update \
 
 # Same user and model path as the deployment this replaces (uid 1000, /home/ollama/.ollama),
 # so the existing model volume keeps working. video/render: Jetson's GPU device nodes.
+# `render` is a system group: an ordinary one would take the first free GID from 1000 up, the
+# one `ollama` needs (ubuntu:22.04 and Debian have no `render` group; ubuntu:24.04 frees 1000
+# by removing its `ubuntu` user).
 RUN if id -u ubuntu >/dev/null 2>&1; then userdel --remove ubuntu; fi \
-    && groupadd --force render \
+    && groupadd --force --system render \
     && groupadd --gid 1000 ollama \
     && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/ollama --shell /bin/bash \
         --groups video,render ollama \
@@ -70,7 +73,7 @@ COPY --from=python-deps /opt/venv /opt/venv
 WORKDIR /app
 COPY config/ config/
 COPY management_api/ management_api/
-COPY scripts/supervisor_events.py scripts/import-gguf.sh scripts/
+COPY scripts/supervisor_events.py scripts/run_supervisord.py scripts/import-gguf.sh scripts/
 COPY supervisord.conf entrypoint.sh healthcheck.sh ./
 
 ENV PATH=/opt/venv/bin:$PATH \
@@ -83,7 +86,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
-USER 1000:1000
+# By name, not 1000:1000: with an explicit group the engine drops the supplementary groups
+# (video, render) that useradd gave the user, and the GPU nodes would be out of reach.
+USER ollama
 EXPOSE 11434 11436
 
 # Model loads on a Jetson take tens of seconds; failures during the start period do not count.

@@ -241,7 +241,7 @@ except SettingsError as exc:
 PY
 ) || exit $?
 
-command=("$LLM_PYTHON" -m supervisor.supervisord --nodaemon --configuration "$supervisor_conf")
+command=("$LLM_PYTHON" "$APP_DIR/scripts/run_supervisord.py" --nodaemon --configuration "$supervisor_conf")
 
 if [[ "$dry_run" == "true" ]]; then
     for name in OLLAMA_URL OLLAMA_HOST OLLAMA_KEEP_ALIVE OLLAMA_CONTEXT_LENGTH JETSON_JETPACK \

@@ -9,6 +9,9 @@ carries only that protocol, so everything meant for people goes to stderr.
 
 Standard library only: supervisord runs this with the service's Python, and it must work even
 when the application itself is broken.
+
+A stop caused by a FATAL program leaves a marker file (``fatal_marker()``) in the run
+directory; scripts/run_supervisord.py turns it into a non-zero exit status of the container.
 """
 
 from __future__ import annotations
@@ -21,6 +24,13 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 Handler = Callable[[dict[str, str], bytes], None]
+
+FATAL_MARKER_NAME = "fatal-program"
+
+
+def fatal_marker() -> str:
+    """The file naming the program whose FATAL state stopped supervisord (in LLM_RUN_DIR)."""
+    return os.path.join(os.environ.get("LLM_RUN_DIR", "/run/llm-service"), FATAL_MARKER_NAME)
 
 # Lines split on "\n" only (bytes.splitlines would also split on "\r" progress output).
 _LINES = re.compile(rb"[^\n]*\n|[^\n]+")
@@ -78,8 +88,15 @@ class ExitOnFatal:
             return
         self._say(
             f"program {name} is FATAL (it kept failing to start); stopping supervisord "
-            f"(pid {self.supervisord_pid}) so the container exits and its restart policy acts"
+            f"(pid {self.supervisord_pid}) so the container exits non-zero and its restart "
+            "policy acts"
         )
+        try:
+            with open(fatal_marker(), "w", encoding="utf-8") as marker:
+                marker.write(f"{name}\n")
+        except OSError as exc:
+            # Still stop: a container that exits 0 is better than one that never exits.
+            self._say(f"cannot write {fatal_marker()} ({exc}); the exit status will be 0")
         os.kill(self.supervisord_pid, signal.SIGTERM)
 
     def _say(self, text: str) -> None:

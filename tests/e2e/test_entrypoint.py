@@ -58,7 +58,7 @@ def test_defaults_are_the_container_layout():
     for unset in ("OLLAMA_KEEP_ALIVE", "OLLAMA_CONTEXT_LENGTH", "JETSON_JETPACK"):
         assert unset not in env
     assert command.split()[1:] == [
-        sys.executable, "-m", "supervisor.supervisord", "--nodaemon",
+        sys.executable, str(ROOT / "scripts" / "run_supervisord.py"), "--nodaemon",
         "--configuration", str(ROOT / "supervisord.conf"),
     ]  # fmt: skip
 

@@ -21,11 +21,14 @@ def test_ollama_that_never_starts_goes_fatal_and_supervisord_exits(make_service)
         squatter.listen(1)
         service.start(wait_ready=False)
         # startretries=3 with back-off 1+2+3 s, then FATAL, then the listener stops everything.
-        service.wait_exit(timeout=60)
+        status = service.wait_exit(timeout=60)
 
     output = service.output()
     assert "gave up: ollama entered FATAL state" in output
     assert "program ollama is FATAL" in output  # the listener said why it stopped supervisord
+    # Non-zero, so `restart: on-failure` (and anything keyed on exit codes) acts.
+    assert status == 1, output
+    assert "exiting with status 1: program ollama went FATAL" in output
     assert "cannot listen on 127.0.0.1" in service.ollama_log.read_text()
     assert service.leftovers() == []
 
@@ -81,8 +84,9 @@ def test_sigterm_lets_streams_finish_then_everything_exits(make_service):
     assert chunks[-1].get("done") is True, chunks[-1]
     assert not any("error" in chunk for chunk in chunks)
 
-    service.wait_exit(timeout=60)
+    status = service.wait_exit(timeout=60)
     output = service.output()
+    assert status == 0, output  # a plain stop is a clean exit
     assert "stopped: api (exit status 0)" in output
     assert "stopped: ollama" in output
     assert "SIGKILL" not in output  # nothing needed supervisord's stopwaitsecs escalation
