@@ -86,9 +86,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
-# By name, not 1000:1000: with an explicit group the engine drops the supplementary groups
-# (video, render) that useradd gave the user, and the GPU nodes would be out of reach.
-USER ollama
+# The uid alone, not 1000:1000: with an explicit group the engine drops the supplementary
+# groups (video, render) that useradd gave the user, and the GPU nodes would be out of reach.
+USER 1000
 EXPOSE 11434 11436
 
 # Model loads on a Jetson take tens of seconds; failures during the start period do not count.

@@ -32,6 +32,7 @@ def fatal_marker() -> str:
     """The file naming the program whose FATAL state stopped supervisord (in LLM_RUN_DIR)."""
     return os.path.join(os.environ.get("LLM_RUN_DIR", "/run/llm-service"), FATAL_MARKER_NAME)
 
+
 # Lines split on "\n" only (bytes.splitlines would also split on "\r" progress output).
 _LINES = re.compile(rb"[^\n]*\n|[^\n]+")
 

@@ -195,7 +195,7 @@ def test_images_are_pinned_and_resources_set(overlay):
 @pytest.mark.parametrize("overlay", NODE_OVERLAYS)
 def test_the_service_runs_as_the_images_uid_1000(overlay):
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "useradd --uid 1000 --gid 1000" in dockerfile and "USER 1000:1000" in dockerfile
+    assert "useradd --uid 1000 --gid 1000" in dockerfile and "\nUSER 1000\n" in dockerfile
     spec = find(overlay, "DaemonSet")["spec"]["template"]["spec"]
     pod = spec["securityContext"]
     assert (pod["runAsUser"], pod["runAsGroup"], pod["runAsNonRoot"]) == (1000, 1000, True)
