@@ -107,13 +107,14 @@ SCHEMA = {
         },
         "ratio": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
         "count": {"type": "integer", "minimum": -3, "maximum": -1},
+        "code": {"type": "string", "pattern": "^[A-Z]{3}-(\\d{2}|x+)$"},
         "inner": {
             "type": "object",
             "properties": {"flag": {"type": "boolean"}, "none": {"type": "null"}},
             "required": ["flag", "none"],
         },
     },
-    "required": ["kind", "fixed", "either", "tags", "ratio", "count", "inner"],
+    "required": ["kind", "fixed", "either", "tags", "ratio", "count", "code", "inner"],
 }
 
 
@@ -153,6 +154,14 @@ def test_format_ollama_rejects(fake: FakeOllama) -> None:
                 "type": "invalid_request_error",
             }
         }
+    # llama.cpp only converts anchored patterns.
+    loose = {"type": "string", "pattern": "[a-z]+"}
+    reply = requests.post(url, json={**base, "format": loose}, timeout=10)
+    assert reply.status_code == 400
+    assert json.loads(reply.json()["error"])["error"]["message"] == (
+        '"json_schema": JSON schema conversion failed:\n'
+        "Pattern must start with '^' and end with '$'"
+    )
     # "" and null mean no format at all.
     for empty in ("", None):
         reply = requests.post(url, json={**base, "format": empty}, timeout=10)

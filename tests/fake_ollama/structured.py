@@ -24,6 +24,7 @@ import random
 import re
 from typing import Any
 
+from . import regexgen
 from .errors import ApiError
 
 _PRIMITIVES = ("boolean", "number", "integer", "string", "array", "object", "null")
@@ -145,6 +146,11 @@ def _string(schema: dict[str, Any], rng: random.Random) -> str:
         )
     low = int(schema.get("minLength", 0))
     high = schema.get("maxLength")
+    pattern = schema.get("pattern")
+    if isinstance(pattern, str):
+        found = regexgen.matching(pattern, rng, low, None if high is None else int(high))
+        if found is not None:
+            return found
     text = _words(rng, 1, 3)
     while len(text) < low:
         text += " " + rng.choice(_WORDS)
@@ -168,9 +174,10 @@ def _number(schema: dict[str, Any], rng: random.Random, integer: bool) -> int | 
         low = high - 100
     elif high is None:
         high = low + 100
+    high = max(high, low)  # contradictory bounds: the grammar pins the value to the low one
     if integer:
-        return rng.randint(math.ceil(low), math.floor(high))
-    return round(rng.uniform(low, high), 2) if high - low >= 0.01 else low
+        return rng.randint(math.ceil(low), max(math.ceil(low), math.floor(high)))
+    return min(max(round(rng.uniform(low, high), 2), low), high)
 
 
 def _pick_type(schema: dict[str, Any], rng: random.Random) -> str | None:
@@ -245,6 +252,8 @@ def _object(schema: dict[str, Any], rng: random.Random, root: dict[str, Any], de
     if not properties and isinstance(extra, dict):
         for _ in range(rng.randint(1, 2)):
             out[rng.choice(_WORDS)] = value_for(extra, rng, root, depth + 1)
+    elif not properties and extra is not False:
+        return _any_object(rng)  # {"type": "object"} alone allows any object
     low = int(schema.get("minProperties", 0))
     while len(out) < low and properties:
         missing = [n for n in properties if n not in out]
