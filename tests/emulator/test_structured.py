@@ -346,3 +346,13 @@ def test_tool_calls_through_the_openai_client(oai: openai.OpenAI) -> None:
     deltas = [d for c in chunks for d in c.choices[0].delta.tool_calls or []]
     assert [d.function.name for d in deltas] == ["get_weather"]
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_a_thinking_model_thinks_freely_then_answers_in_the_format(client: ollama.Client) -> None:
+    # Ollama lifts the format while the model thinks and applies it to the answer.
+    messages = [{"role": "user", "content": "Plan a trip."}]
+    reply = client.chat(
+        model="qwen3:14b-q8", messages=messages, format=Trip.model_json_schema(), think=True
+    )
+    assert reply.message.thinking and not reply.message.thinking.startswith("{")
+    Trip.model_validate_json(reply.message.content)
