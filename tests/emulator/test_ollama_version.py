@@ -52,3 +52,12 @@ def test_emulator_reports_the_shipped_version(fake: FakeOllama) -> None:
     reply = requests.get(fake.url + "/api/version", timeout=5)
     assert reply.status_code == 200
     assert reply.json() == {"version": _dockerfile_default()}
+
+
+def test_container_standin_reports_the_shipped_version() -> None:
+    # tests/container/ollama_standin.py plays `ollama` in the image tests (where it exists).
+    standin = ROOT / "tests" / "container" / "ollama_standin.py"
+    if not standin.exists():
+        return
+    match = re.search(r'^VERSION = "([^"]+)"', standin.read_text(), re.MULTILINE)
+    assert match and match.group(1) == VERSION
