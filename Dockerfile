@@ -10,7 +10,7 @@
 # Ollama's start-up log on the device for `library=cuda ... name=Orin`.
 
 # The Ollama release the platform runs today.
-ARG OLLAMA_IMAGE=ollama/ollama:0.20.5
+ARG OLLAMA_IMAGE=ollama/ollama:0.32.15
 # Multi-arch (amd64, arm64); the same release line as JetPack 6's userspace (L4T R36).
 ARG BASE_IMAGE=ubuntu:22.04
 

@@ -19,7 +19,7 @@ def test_root_and_version(fake: FakeOllama) -> None:
     assert head.status_code == 200 and head.content == b""
     version = requests.get(fake.url + "/api/version")
     assert version.headers["Content-Type"] == "application/json; charset=utf-8"
-    assert version.json() == {"version": "0.33.0"}
+    assert version.json() == {"version": "0.32.15"}
     assert requests.head(fake.url + "/api/version").status_code == 200
     assert requests.head(fake.url + "/api/tags").status_code == 200
     assert requests.get(fake.url + "/api/status").json() == {

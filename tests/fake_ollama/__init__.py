@@ -11,4 +11,8 @@ Run it with ``python -m tests.fake_ollama --port 0``; drive it from tests with
 * ``control``: faults and observations; ``state``: everything a reset replaces
 * ``bodies``/``schemas``: Go-style JSON decoding; ``names``: the model-name grammar
 * ``durations``/``timefmt``: Go durations and timestamps; ``models``/``textgen``: content
+* ``structured``/``regexgen``: ``format`` as a grammar would constrain it; ``toolcalls``: when
+  a chat answer is a tool call
+
+It behaves as Ollama 0.32.15, the release the Dockerfile ships (``management.VERSION``).
 """

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from . import textgen
+from . import structured, textgen, toolcalls
 from .bodies import decode_value
 from .config import Timing
 from .errors import ApiError
@@ -53,6 +53,8 @@ class Job:
     think: bool = False
     templated: bool = True
     scripted: list[str] | None = None  # words of a scripted answer (scripts.py)
+    format: Any = None  # the request's ``format`` as sent; checked once the runner is loaded
+    tool_calls: list[dict[str, Any]] | None = None  # the answer, when it calls tools
 
     @property
     def display(self) -> str:
@@ -63,6 +65,24 @@ class Job:
         merged = {"num_ctx": default_num_ctx, **self.entry.parameters, **self.options}
         merged["num_ctx"] = int(merged.get("num_ctx") or default_num_ctx)
         return merged
+
+    @property
+    def variant(self) -> str:
+        """What besides (model, prompt) decides the answer: the seed, unless sampling is
+        greedy (temperature 0), which ignores it. Without a seed the emulator stays
+        deterministic, so direct and proxied calls can be compared."""
+        merged = {**self.entry.parameters, **self.options}
+        seed = merged.get("seed")
+        if merged.get("temperature", 0.8) == 0 or not isinstance(seed, (int, float)):
+            return ""
+        return "" if seed == -1 else f"seed={int(seed)}"
+
+    @property
+    def stops(self) -> list[str]:
+        """Stop sequences in force; llama-server drops empty ones (``params_from_json_cmpl``)."""
+        merged = {**self.entry.parameters, **self.options}
+        stop = merged.get("stop")
+        return [s for s in stop if isinstance(s, str) and s] if isinstance(stop, list) else []
 
     @property
     def num_predict(self) -> int:
@@ -81,6 +101,7 @@ class Result:
     total_duration: int = 0
     content: str = ""
     thinking: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
 
     def metrics(self) -> dict[str, int]:
         return {
@@ -152,21 +173,62 @@ async def acquire_runner(state: EmulatorState, job: Job) -> Runner:
     )
 
 
-def _plan(job: Job) -> tuple[list[tuple[str, str]], str]:
-    tokens = max(0, job.timing.tokens)
-    plan = []
+def _plan(job: Job) -> tuple[list[tuple[str, str]], str, int]:
+    """The pieces to send, the done reason and the number of tokens the model produced.
+
+    Kinds: ``thinking``, ``content``, and ``tool`` (a tool call being written: it takes
+    time and counts as tokens but is sent only as the parsed ``tool_calls``)."""
+    plan: list[tuple[str, str]] = []
     if job.scripted is not None:
         plan = [("content", piece) for piece in job.scripted]
-        limit = job.num_predict
-        return (plan[:limit], "length") if 0 < limit < len(plan) else (plan, "stop")
+        return _cut(plan, job.num_predict, job.stops)
+    tokens = max(0, job.timing.tokens)
+    variant = job.variant
     if job.think:
-        thought = textgen.words(job.display, job.prompt, max(2, tokens // 2), thinking=True)
+        thought = textgen.words(
+            job.display, job.prompt, max(2, tokens // 2), thinking=True, variant=variant
+        )
         plan.extend(("thinking", word) for word in thought)
-    plan.extend(("content", word) for word in textgen.words(job.display, job.prompt, tokens))
-    limit = job.num_predict
-    if 0 < limit < len(plan):
-        return plan[:limit], "length"
-    return plan, "stop"
+    if job.tool_calls is not None:
+        plan.extend(("tool", p) for p in structured.pieces(toolcalls.raw_text(job.tool_calls)))
+    elif job.format is not None:
+        rng = textgen.rng_for("format", job.display, job.prompt, variant)
+        text = structured.constrained_text(job.format, rng)
+        plan.extend(("content", piece) for piece in structured.pieces(text))
+    else:
+        said = textgen.words(job.display, job.prompt, tokens, variant=variant)
+        plan.extend(("content", word) for word in said)
+    return _cut(plan, job.num_predict, job.stops)
+
+
+def _cut(
+    plan: list[tuple[str, str]], limit: int, stops: list[str]
+) -> tuple[list[tuple[str, str]], str, int]:
+    """Apply ``num_predict`` and the stop sequences, whichever the tokens reach first.
+
+    The answer ends before the first stop sequence; no part of it is ever sent (the runner
+    holds back a partial match), and the token that completes it still counts."""
+    content = "".join(text for kind, text in plan if kind == "content")
+    cut = end = -1
+    for stop in stops:
+        at = content.find(stop)
+        if at >= 0 and (cut < 0 or at < cut):
+            cut, end = at, at + len(stop)
+    out: list[tuple[str, str]] = []
+    seen = 0
+    for index, (kind, text) in enumerate(plan):
+        if 0 < limit <= index:
+            return out, "length", index
+        if kind != "content" or cut < 0:
+            out.append((kind, text))
+            continue
+        keep = text[: max(0, cut - seen)]
+        if keep:
+            out.append((kind, keep))
+        seen += len(text)
+        if seen >= end:
+            return out, "stop", index + 1
+    return out, "stop", len(plan)
 
 
 async def _pieces(job: Job, plan: list[tuple[str, str]]) -> AsyncIterator[tuple[str, str]]:
@@ -200,7 +262,7 @@ async def generate_into(
 ) -> web.StreamResponse:
     """Run one generation on ``runner`` (already acquired) and render it through ``sink``."""
     loaded_at = time.monotonic()
-    plan, reason = _plan(job)
+    plan, reason, produced = _plan(job)
     record = getattr(getattr(sink, "ex", None), "record", None)
     await runner.slots.acquire()
     state.obs.enter_slot(job.display, record)
@@ -211,6 +273,8 @@ async def generate_into(
         await _evaluate_prompt(state, job.timing.ttft_seconds)
         evaluated_at = time.monotonic()
         async for kind, text in _pieces(job, plan):
+            if kind == "tool":
+                continue  # Ollama's tool parser buffers it and sends the parsed calls
             (thinking if kind == "thinking" else content).append(text)
             await sink.piece(kind, text)
         finished_at = time.monotonic()
@@ -222,12 +286,13 @@ async def generate_into(
         done_reason=reason,
         prompt_eval_count=textgen.count_tokens(job.prompt)
         + (TEMPLATE_TOKENS if job.templated else 0),
-        eval_count=len(plan),
+        eval_count=produced,
         load_duration=ns(loaded_at - job.started),
         prompt_eval_duration=ns(evaluated_at - slot_at),
         eval_duration=ns(finished_at - evaluated_at + interval),
         content="".join(content),
         thinking="".join(thinking),
+        tool_calls=job.tool_calls,
     )
     result.total_duration = ns(time.monotonic() - job.started)
     return await sink.done(result)
@@ -240,6 +305,8 @@ async def run_job(state: EmulatorState, job: Job, sink: Sink) -> web.StreamRespo
     runner = await acquire_runner(state, job)
     try:
         sink.begin()  # errors raised by scheduling still answer with c.JSON
+        # The runner checks the format when the completion starts, after the load.
+        job.format = structured.parse_format(job.format)
         return await generate_into(state, job, runner, sink)
     finally:
         state.scheduler.release(runner)
@@ -309,9 +376,24 @@ class ChatSink:
         await self.ex.line(head + body + b'},"done":false}\n')
 
     async def done(self, result: Result) -> web.StreamResponse:
-        message = {"role": "assistant", "content": "" if self.stream else result.content}
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "" if self.stream else result.content,
+        }
         if result.thinking and not self.stream:
             message["thinking"] = result.thinking
+        if result.tool_calls:
+            if self.stream:  # the parsed calls come in a chunk of their own, before done
+                calls = {"role": "assistant", "content": "", "tool_calls": result.tool_calls}
+                chunk = {
+                    "model": self.job.raw_model,
+                    "created_at": utc_now_rfc3339(),
+                    "message": calls,
+                    "done": False,
+                }
+                await self.ex.line(go_json(chunk) + b"\n")
+            else:
+                message["tool_calls"] = result.tool_calls
         final: dict[str, Any] = {
             "model": self.job.raw_model,
             "created_at": utc_now_rfc3339(),
@@ -360,6 +442,7 @@ def prepare_generate(state: EmulatorState, req: dict[str, Any], started: float) 
         keep_alive=req.get("keep_alive"),
         options=dict(req.get("options") or {}),
         templated=not req.get("raw", False),
+        format=req.get("format"),
     )
     return job
 
@@ -406,6 +489,7 @@ def prepare_chat(state: EmulatorState, req: dict[str, Any], started: float) -> J
         started=started,
         keep_alive=req.get("keep_alive"),
         options=dict(req.get("options") or {}),
+        format=req.get("format"),
     )
 
 
@@ -414,6 +498,10 @@ def validate_chat(job: Job, req: dict[str, Any]) -> None:
     error = think_error(job, req.get("think")) or capability_error(job, wanted, "chat")
     if error is not None:
         raise error
+    named = toolcalls.named_tools(req.get("tools"), req.get("messages") or [])
+    if named:
+        rng = textgen.rng_for("tools", job.display, job.prompt, job.variant)
+        job.tool_calls = toolcalls.calls_for(named, rng)
 
 
 async def chat(state: EmulatorState, ex: Exchange, value: Any) -> web.StreamResponse:

@@ -31,7 +31,7 @@ from .schemas import COPY, CREATE, DELETE, PULL, PUSH, SHOW
 from .state import EmulatorState
 from .timefmt import local_rfc3339
 
-VERSION = "0.33.0"
+VERSION = "0.32.15"  # the Dockerfile's ollama/ollama tag (tests/emulator/test_ollama_version.py)
 _DIGEST = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 
 

@@ -7,6 +7,7 @@ keep their HTTP status and are wrapped in OpenAI's envelope.
 from __future__ import annotations
 
 import base64
+import json
 import random
 import struct
 import time
@@ -30,10 +31,11 @@ _EFFORT_TO_THINK = {
     "low": "low",
     "medium": "medium",
     "high": "high",
-    "xhigh": "high",
+    "xhigh": "max",
     "ultra": "max",
     "max": "max",
 }
+_GO_TYPES = {bool: "bool", int: "float64", float: "float64", dict: "map[string]interface {}"}
 
 
 def error_type(status: int) -> str:
@@ -72,7 +74,32 @@ class _FrameTemplate:
         return self.left + go_str(text) + self.right
 
 
-def _options(req: dict[str, Any]) -> dict[str, Any]:
+def _go_type(value: Any) -> str:
+    """Go's ``%T`` of a value ``encoding/json`` decoded into ``any``."""
+    if value is None:
+        return "<nil>"
+    if isinstance(value, list):
+        return "[]interface {}"
+    return _GO_TYPES.get(type(value), "float64" if isinstance(value, float) else "string")
+
+
+def _stop_list(stop: Any, *, strict: bool) -> list[str] | None:
+    """``stop`` as Ollama's list: a string becomes ``[stop]`` (so ``""`` gives ``[""]``, which
+    the runner ignores); in a list, chat drops non-strings, completions reject them."""
+    if isinstance(stop, str):
+        return [stop]
+    if not isinstance(stop, list):
+        return None
+    out = []
+    for item in stop:
+        if isinstance(item, str):
+            out.append(item)
+        elif strict:
+            raise ApiError(400, f"invalid type for 'stop' field: {_go_type(item)}")
+    return out
+
+
+def _options(req: dict[str, Any], *, strict_stop: bool = False) -> dict[str, Any]:
     """OpenAI sampling fields as Ollama options; temperature and top_p default to 1.0."""
     options: dict[str, Any] = {}
     max_tokens = req.get("max_completion_tokens", req.get("max_tokens"))
@@ -81,11 +108,9 @@ def _options(req: dict[str, Any]) -> dict[str, Any]:
     for key in ("seed", "frequency_penalty", "presence_penalty"):
         if key in req:
             options[key] = req[key]
-    stop = req.get("stop")
-    if isinstance(stop, str):
-        options["stop"] = [stop]
-    elif isinstance(stop, list):
-        options["stop"] = stop
+    stops = _stop_list(req.get("stop"), strict=strict_stop)
+    if stops is not None:
+        options["stop"] = stops
     options["temperature"] = req.get("temperature", 1.0)
     top_p = req.get("top_p")
     options["top_p"] = top_p or 1.0
@@ -158,24 +183,31 @@ class ChatCompletionSink:
         }
 
     async def done(self, result: Result) -> web.StreamResponse:
+        calls = openai_tool_calls(result.tool_calls or [])
+        # finish_reason tool_calls replaces stop only (openai.go ToChatCompletion/FinishChunk)
+        finish = "tool_calls" if calls and result.done_reason == "stop" else result.done_reason
         if not self.stream:
             message: dict[str, Any] = {"role": "assistant", "content": result.content}
             if result.thinking:
                 message["reasoning"] = result.thinking
+            if calls:
+                message["tool_calls"] = calls
             body = {
                 "id": self.id,
                 "object": "chat.completion",
                 "created": self.created,
                 "model": self.job.raw_model,
                 "system_fingerprint": FINGERPRINT,
-                "choices": [{"index": 0, "message": message, "finish_reason": result.done_reason}],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                 "usage": self._usage(result),
             }
             return await self.ex.json(body, content_type=JSON_PLAIN)
         if not self.started:
             self.started = True
             await self.ex.line(_sse(self._chunk({"role": "assistant"}, None)))
-        await self.ex.line(_sse(self._chunk({}, result.done_reason)))
+        if calls:
+            await self.ex.line(_sse(self._chunk({"content": "", "tool_calls": calls}, None)))
+        await self.ex.line(_sse(self._chunk({}, finish)))
         if self.include_usage:
             usage = self._chunk({}, None)
             usage["choices"] = []
@@ -183,6 +215,36 @@ class ChatCompletionSink:
             await self.ex.line(_sse(usage))
         await self.ex.line(b"data: [DONE]\n\n")
         return await self.ex.finish()
+
+
+def openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``openai.ToToolCalls``: arguments as Go's compact JSON text."""
+    return [
+        {
+            "id": call["id"],
+            "index": call["function"]["index"],
+            "type": "function",
+            "function": {
+                "name": call["function"]["name"],
+                "arguments": json.dumps(
+                    call["function"]["arguments"], separators=(",", ":"), ensure_ascii=False
+                ),
+            },
+        }
+        for call in calls
+    ]
+
+
+def _response_format(req: dict[str, Any]) -> Any:
+    """``response_format`` as the native ``format`` (``openai.FromChatRequest``)."""
+    spec = req.get("response_format") or {}
+    kind = str(spec.get("type") or "").strip().lower()
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        schema = spec.get("json_schema")
+        return schema.get("schema") if isinstance(schema, dict) else None
+    return None
 
 
 class CompletionSink:
@@ -252,14 +314,19 @@ async def chat_completions(state: EmulatorState, ex: Exchange, value: Any) -> we
         "messages": native_messages,
         "options": _options(req),
         "tools": req.get("tools"),
+        "format": _response_format(req),
     }
-    effort = (req.get("reasoning") or {}).get("effort") or req.get("reasoning_effort")
+    # ``reasoning`` wins over ``reasoning_effort`` when present, even with no effort in it.
+    if "reasoning" in req:
+        effort = req["reasoning"].get("effort") or ""
+    else:
+        effort = req.get("reasoning_effort") or ""
     if effort:
         if effort not in _EFFORT_TO_THINK:
             raise ApiError(
                 400,
-                f"invalid reasoning value: '{effort}' "
-                '(must be "high", "medium", "low", or "none")',
+                f"invalid reasoning value: {json.dumps(effort)} (must be "
+                '"minimal", "low", "medium", "high", "xhigh", "ultra", "max", or "none")',
             )
         native["think"] = _EFFORT_TO_THINK[effort]
     job = inference.prepare_chat(state, native, ex.started)
@@ -274,7 +341,7 @@ async def completions(state: EmulatorState, ex: Exchange, value: Any) -> web.Str
         "model": req.get("model", ""),
         "prompt": req.get("prompt", ""),
         "suffix": req.get("suffix", ""),
-        "options": _options(req),
+        "options": _options(req, strict_stop=True),
     }
     job = inference.prepare_generate(state, native, ex.started)
     wanted = ["completion"] + (["insert"] if native["suffix"] else [])

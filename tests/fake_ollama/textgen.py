@@ -81,16 +81,28 @@ def _seed(*parts: str) -> int:
     return int.from_bytes(digest, "big")
 
 
-def words(model: str, prompt: str, count: int, *, thinking: bool = False) -> list[str]:
-    """``count`` token strings; the first has no leading space, the last ends a sentence."""
+def words(
+    model: str, prompt: str, count: int, *, thinking: bool = False, variant: str = ""
+) -> list[str]:
+    """``count`` token strings; the first has no leading space, the last ends a sentence.
+
+    ``variant`` is the sampling state that changes an answer (the seed; see
+    ``inference.Job.variant``); empty keeps the answer of the plain (model, prompt).
+    """
     if count <= 0:
         return []
-    rng = random.Random(_seed("think" if thinking else "say", model, prompt))
+    parts = ("think" if thinking else "say", model, prompt) + ((variant,) if variant else ())
+    rng = random.Random(_seed(*parts))
     vocab = _THINK_VOCAB if thinking else _VOCAB
     out = [(" " if i else "") + rng.choice(vocab) for i in range(count)]
     out[0] = out[0].capitalize()
     out[-1] += "."
     return out
+
+
+def rng_for(*parts: str) -> random.Random:
+    """A generator seeded from ``parts`` (structured output, tool calls)."""
+    return random.Random(_seed(*parts))
 
 
 def count_tokens(text: str) -> int:
