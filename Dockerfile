@@ -9,7 +9,8 @@
 # on an older base Ollama silently falls back to the CPU. When changing OLLAMA_IMAGE, check
 # Ollama's start-up log on the device for `library=cuda ... name=Orin`.
 
-# The Ollama release the platform runs today.
+# The Ollama release the platform runs: the newest whose arm64 image carries the JetPack 6
+# runners (docs/operations.md); the emulator follows the same version (a test checks).
 ARG OLLAMA_IMAGE=ollama/ollama:0.32.15
 # Multi-arch (amd64, arm64); the same release line as JetPack 6's userspace (L4T R36).
 ARG BASE_IMAGE=ubuntu:22.04
