@@ -20,7 +20,7 @@ from tests.service_harness import ROOT
 
 CONFIG = ROOT / "config"
 BASE = K8S / "base"
-REFRESH = "run `make k8s-config` (README, 'Several nodes')"
+REFRESH = "run `make k8s-config` (docs/operations.md, 'Several nodes')"
 
 
 def tree(root: Path) -> dict[str, bytes]:

@@ -240,8 +240,8 @@ def test_config_files_are_mounted_where_the_settings_point():
     assert volumes[models["name"]]["hostPath"]["type"] == "DirectoryOrCreate"
 
 
-def test_node_overlays_select_labelled_gpu_nodes_as_the_readme_says():
-    readme = (ROOT / "README.md").read_text()
+def test_node_overlays_select_labelled_gpu_nodes_as_the_docs_say():
+    readme = (ROOT / "docs" / "operations.md").read_text()  # its "Several nodes"
     jetson = find("jetson", "DaemonSet")["spec"]["template"]["spec"]
     assert jetson["runtimeClassName"] == "nvidia"
     assert jetson["nodeSelector"] == {"llm-service/enabled": "true", "llm-service/jetpack": "6"}

@@ -5,7 +5,7 @@ import pytest
 
 from management_api.settings import PROJECT_ROOT, SETTINGS, Settings, SettingsError
 
-README = PROJECT_ROOT / "README.md"
+CONFIGURATION_DOC = PROJECT_ROOT / "docs" / "configuration.md"
 
 
 def test_defaults():
@@ -203,7 +203,28 @@ def test_as_dict_hides_keys():
     assert "secret-key" not in repr(d)
 
 
-def test_every_setting_is_documented_in_the_readme():
-    table = README.read_text()
-    missing = [s.variable for s in SETTINGS if not re.search(rf"`{s.variable}`", table)]
-    assert not missing, f"README configuration table lacks {missing}"
+def _documented_rows() -> dict[str, list[str]]:
+    """docs/configuration.md's table rows by the variable in their first cell: the cells."""
+    rows = {}
+    for line in CONFIGURATION_DOC.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) >= 3:
+            for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cells[0]):
+                rows.setdefault(name, cells)
+    return rows
+
+
+def test_every_setting_is_documented_with_its_default():
+    rows = _documented_rows()
+    missing = [s.variable for s in SETTINGS if s.variable not in rows]
+    assert not missing, f"docs/configuration.md (Service settings) lacks {missing}"
+    wrong = []
+    for s in SETTINGS:
+        if s.default is None or s.default == "":
+            continue  # "(none)" or a derived default, described in words
+        shown = str(s.default).lower() if isinstance(s.default, bool) else str(s.default)
+        if f"`{shown}`" not in rows[s.variable][1]:
+            wrong.append(f"{s.variable}: default `{shown}`, documented {rows[s.variable][1]!r}")
+    assert not wrong, "docs/configuration.md shows other defaults than settings.py:\n" + (
+        "\n".join(wrong)
+    )
