@@ -68,7 +68,7 @@ check: venv
 # 2. the schemathesis fuzzing, serially: under xdist it ran 8 of the operations and stayed green
 #    (it now checks what it reached, tests/integration/test_fuzz.py).
 # 3. the podman image tests, slow and serial, once tests/container exists.
-TEST_WORKERS ?= 6
+TEST_WORKERS ?= 4
 test:
 	$(MAKE) --no-print-directory -j3 venv router-venv browser
 	$(MAKE) --no-print-directory lint

@@ -32,9 +32,10 @@ def test_affinity_needs_fewer_loads_than_fifo(service, emulator):
         # Each model is limited to 1 in the proxy: Ollama never saw more.
         assert all(count <= 1 for count in run["max_in_flight"].values()), run
     fifo, affinity = runs["fifo"]["loads"], runs["affinity"]["loads"]
-    assert fifo >= 6, runs  # alternating traffic: almost every request swaps
-    assert affinity < fifo, runs
-    assert affinity <= fifo // 2 + 1, runs
+    shown = json.dumps(runs)  # in full: pytest shortens a dict
+    assert fifo >= 6, shown  # alternating traffic: almost every request swaps
+    assert affinity < fifo, shown
+    assert affinity <= fifo // 2 + 1, shown
 
     snapshot = requests.get(service.management + "/api/limits", timeout=5).json()
     scheduler = snapshot["scheduler"]
