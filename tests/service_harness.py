@@ -26,7 +26,26 @@ GUNICORN_ARGS = ("-m", "gunicorn", "-c", "config/gunicorn.conf.py", "management_
 # Ports are drawn below Linux's ephemeral range (32768-60999 by default): the kernel hands
 # ports from that range to every outgoing connection and to every bind(0), so a number found
 # free there can be taken by the next connect() of any process before our service binds it.
-PORT_RANGE = (20000, 32000)
+FULL_PORT_RANGE = (20000, 32000)
+
+
+def worker_port_range(
+    full: tuple[int, int], worker: str | None, worker_count: int
+) -> tuple[int, int]:
+    """The part of ``full`` one pytest-xdist worker draws from (``gw0``, ``gw1``, ...), so
+    that the workers of one run never hand out the same port; all of it outside xdist."""
+    if not worker:
+        return full
+    index = int(worker.removeprefix("gw"))
+    size = (full[1] - full[0]) // worker_count
+    return full[0] + index * size, full[0] + (index + 1) * size
+
+
+PORT_RANGE = worker_port_range(
+    FULL_PORT_RANGE,
+    os.environ.get("PYTEST_XDIST_WORKER"),
+    int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")),
+)
 _handed_out: set[int] = set()
 _ports_lock = threading.Lock()
 _random = random.Random(os.getpid() ^ time.monotonic_ns())

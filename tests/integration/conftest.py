@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -78,8 +79,11 @@ class Service:
         return requests.get(self.management + "/api/limits", timeout=5).json()["totals"]
 
 
-@pytest.fixture(scope="session")
-def service_process(emulator, tmp_path_factory) -> Iterator[tuple[ServiceProcess, Path]]:
+@contextmanager
+def started_service(
+    emulator: FakeOllama, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServiceProcess, Path]]:
+    """The service in front of ``emulator``, with its limits file (``BASE_LIMITS``)."""
     state = tmp_path_factory.mktemp("service")
     limits_file = state / "limits.toml"
     limits_file.write_text(BASE_LIMITS)
@@ -98,6 +102,12 @@ def service_process(emulator, tmp_path_factory) -> Iterator[tuple[ServiceProcess
     }
     with ServiceProcess(env=env) as process:
         yield process, limits_file
+
+
+@pytest.fixture(scope="session")
+def service_process(emulator, tmp_path_factory) -> Iterator[tuple[ServiceProcess, Path]]:
+    with started_service(emulator, tmp_path_factory) as started:
+        yield started
 
 
 @pytest.fixture

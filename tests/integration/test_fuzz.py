@@ -17,6 +17,7 @@ make every run the same.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,6 +82,11 @@ CONFIG = SchemathesisConfig.from_dict(
 )
 full_schema = schemathesis.openapi.from_path(SPEC_PATH, config=CONFIG)
 schema = full_schema.exclude(tag=PASSTHROUGH_TAGS)
+# Run serially, in `make test`'s pass of its own: every item of ``@schema.parametrize()`` has
+# the same node id, so pytest-xdist ran 8 of the 31 operations and said nothing.
+pytestmark = pytest.mark.fuzz
+# Requests sent per operation by the fuzzing, checked by test_fuzzing_reached_every_operation.
+FUZZED: Counter[str] = Counter()
 
 CONFORMANCE_CHECKS = [
     status_code_conformance,
@@ -262,6 +268,7 @@ def request_line_fits(case, base_url: str) -> bool:
 @schema.parametrize()
 def test_fuzz_with_ollama_up(case, up):
     assume(request_line_fits(case, up.url))
+    FUZZED[case.operation.label] += 1
     case.call_and_validate(
         base_url=up.url,
         checks=[*CONFORMANCE_CHECKS],
@@ -386,3 +393,27 @@ def test_admission_429s_match_the_spec(up):
         holder.close()  # the service sees the client leave and gives the slot back
         up.set_limits(LIMITS)
         up.emulator.reset()
+
+
+def test_fuzzing_reached_every_operation(request, capsys):
+    """Whatever ran the items above, every operation was fuzzed, each with max-examples at least.
+
+    Last in the module, so it sees the counts of every fuzzing item that ran before it in this
+    process (pytest-xdist's ``--dist loadfile`` keeps a module in one process too).
+    """
+    selected = [
+        i for i in request.session.items if i.originalname == test_fuzz_with_ollama_up.__name__
+    ]
+    if not selected:
+        pytest.skip("the fuzzing items were deselected")
+    operations = {result.ok().label for result in schema.get_all_operations()}
+    # Every operation of openapi.yaml but the pass-through ones, each one item.
+    assert operations == {f"{method} {path}" for method, path, _ in SWEEP_REQUESTS}
+    assert len(selected) == len(operations)
+    with capsys.disabled():  # the counts belong in the run's output, not only on failure
+        print(f"\nfuzzed {len(FUZZED)} operations, {sum(FUZZED.values())} requests: {dict(FUZZED)}")
+    assert set(FUZZED) == operations, sorted(operations - set(FUZZED))
+    # max-examples is what the generation phase aims at; the coverage phase adds more (with the
+    # seed above: 1,493 requests, 30 to 98 per operation).
+    starved = {label: n for label, n in FUZZED.items() if n < MAX_EXAMPLES}
+    assert not starved, starved

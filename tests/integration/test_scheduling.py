@@ -11,12 +11,29 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 import requests
 
 from bench.swap_bench import MODELS, alternating_run, limits_text, prepare_emulator
+from tests.integration.conftest import started_service
+from tests.service_harness import ServiceProcess
 
 A, B = MODELS
+
+
+@pytest.fixture(scope="module")
+def service_process(emulator, tmp_path_factory) -> Iterator[tuple[ServiceProcess, Path]]:
+    """A service of this module's own. What the scheduler believes loaded is read from
+    /api/ps every 30 s and kept up by its own admissions; emulator.reset() unloads behind its
+    back. On the session's service an earlier test could leave A and B both believed loaded
+    (seen under pytest-xdist, where other modules run before this one in a worker), and
+    affinity then never holds anything. A fresh service reads /api/ps at its first request."""
+    prepare_emulator(emulator, load_seconds=0.5)
+    with started_service(emulator, tmp_path_factory) as started:
+        yield started
 
 
 def test_affinity_needs_fewer_loads_than_fifo(service, emulator):
@@ -32,9 +49,10 @@ def test_affinity_needs_fewer_loads_than_fifo(service, emulator):
         # Each model is limited to 1 in the proxy: Ollama never saw more.
         assert all(count <= 1 for count in run["max_in_flight"].values()), run
     fifo, affinity = runs["fifo"]["loads"], runs["affinity"]["loads"]
-    assert fifo >= 6, runs  # alternating traffic: almost every request swaps
-    assert affinity < fifo, runs
-    assert affinity <= fifo // 2 + 1, runs
+    shown = json.dumps(runs)  # in full: pytest shortens a dict
+    assert fifo >= 6, shown  # alternating traffic: almost every request swaps
+    assert affinity < fifo, shown
+    assert affinity <= fifo // 2 + 1, shown
 
     snapshot = requests.get(service.management + "/api/limits", timeout=5).json()
     scheduler = snapshot["scheduler"]

@@ -87,12 +87,24 @@ def test_read_without_ollama(tmp_path: Path) -> None:
     assert reading.swap.total_bytes is not None
 
 
+def unique_name(stem: str) -> str:
+    """A process name of this test run's own: any process on the machine named the same (a
+    real Ollama, another run of this suite, another xdist worker) would be found instead.
+    At most 15 characters, what Linux keeps of a process name."""
+    name = f"{stem}{os.getpid()}"
+    assert len(name) <= 15, name
+    return name
+
+
+OLLAMA_NAME = unique_name("ollama-")
+
+
 @pytest.fixture
 def fake_ollama(tmp_path: Path) -> Iterator[subprocess.Popen]:
     """A process tree named like Ollama's: a server with a runner child (same binary)."""
-    binary = tmp_path / "ollama"
+    binary = tmp_path / OLLAMA_NAME
     shutil.copy(shutil.which("sh") or "/bin/sh", binary)
-    # "; true" keeps the shells from exec-ing into sleep, so both stay named "ollama".
+    # "; true" keeps the shells from exec-ing into sleep, so both keep the binary's name.
     script = f"{binary} -c 'sleep 30; true' & sleep 30; true"
     proc = subprocess.Popen([str(binary), "-c", script], start_new_session=True)
     try:
@@ -108,10 +120,10 @@ def fake_ollama(tmp_path: Path) -> Iterator[subprocess.Popen]:
 def test_ollama_found_by_name_is_the_server_and_sums_its_runners(
     fake_ollama: subprocess.Popen,
 ) -> None:
-    source = HostSource()
+    source = HostSource(ollama_name=OLLAMA_NAME)
     first = source.read_ollama()
     assert first is not None
-    assert first.pid == fake_ollama.pid  # the root, not the runner named "ollama" too
+    assert first.pid == fake_ollama.pid  # the root, not the runner named the same
     assert first.process_count == 4  # server, runner, and their two sleeps
     tree = [psutil.Process(fake_ollama.pid), *psutil.Process(fake_ollama.pid).children(True)]
     assert first.rss_bytes is not None and first.rss_bytes >= max(p.memory_info().rss for p in tree)
@@ -135,13 +147,14 @@ def test_ollama_by_pid_and_gone() -> None:
 
 def test_search_by_name_is_rate_limited_while_absent(tmp_path: Path) -> None:
     now = [100.0]
-    binary = tmp_path / "ollama-late"
+    late = unique_name("late-")
+    binary = tmp_path / late
     shutil.copy(shutil.which("sleep") or "/bin/sleep", binary)
-    source = HostSource(ollama_name="ollama-late", rescan_seconds=30.0, clock=lambda: now[0])
+    source = HostSource(ollama_name=late, rescan_seconds=30.0, clock=lambda: now[0])
     assert source.read_ollama() is None
     proc = subprocess.Popen([str(binary), "30"])
     try:
-        wait_for(lambda: psutil.Process(proc.pid).name() == "ollama-late")
+        wait_for(lambda: psutil.Process(proc.pid).name() == late)
         now[0] += 10
         assert source.read_ollama() is None  # not searched again yet
         now[0] += 25
