@@ -141,6 +141,7 @@ class Plan:
     items: tuple[str, ...] | None = None  # /api/embed inputs, looked up one by one
     item_keys: tuple[str, ...] = ()
     digest: str | None = None
+    scope: str = ""  # whose entries: see ResponseCache.scope
 
 
 def embed_items(payload: dict[str, Any]) -> tuple[str, ...] | None:

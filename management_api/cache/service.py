@@ -236,12 +236,13 @@ class ResponseCache:
                 if items is not None:
                     keys = tuple(item_key(request.path, digest, payload, i, scope) for i in items)
                     return Plan(intent, payload, True, items=items, item_keys=keys,
-                                refresh=refresh, digest=digest)  # fmt: skip
+                                refresh=refresh, digest=digest, scope=scope)  # fmt: skip
             key = request_key(request.path, digest, payload, scope)
         except ValueError:  # NaN and the like: no exact key
             return Plan(intent, payload, cacheable=False)
         shape = request_shape(intent, payload)
-        return Plan(intent, payload, True, key=key, shape=shape, refresh=refresh, digest=digest)
+        return Plan(intent, payload, True, key=key, shape=shape, refresh=refresh, digest=digest,
+                    scope=scope)  # fmt: skip
 
     def scope(self, key_name: str | None) -> str:
         """Whose entries a request may read and write: its API key's (none: the keyless
@@ -629,7 +630,7 @@ class ResponseCache:
         assert plan.items is not None and plan.digest is not None
         route, model = request_route(plan), self._model(plan)
         for text, item in items.items():
-            key = item_key(route, plan.digest, plan.payload, text)
+            key = item_key(route, plan.digest, plan.payload, text, plan.scope)
             self.store.put(key, route, model, item, item.size)
 
     # --- bookkeeping

@@ -53,6 +53,12 @@ class Job:
     think: bool = False
     templated: bool = True
     scripted: list[str] | None = None  # words of a scripted answer (scripts.py)
+    format: Any = None  # "json" or a JSON schema: the answer is one JSON object
+
+    @property
+    def stops(self) -> list[str]:
+        value = self.options.get("stop")
+        return [s for s in value if isinstance(s, str)] if isinstance(value, list) else []
 
     @property
     def display(self) -> str:
@@ -162,7 +168,17 @@ def _plan(job: Job) -> tuple[list[tuple[str, str]], str]:
     if job.think:
         thought = textgen.words(job.display, job.prompt, max(2, tokens // 2), thinking=True)
         plan.extend(("thinking", word) for word in thought)
-    plan.extend(("content", word) for word in textgen.words(job.display, job.prompt, tokens))
+    words = textgen.words(job.display, job.prompt, tokens)
+    if job.format not in (None, ""):  # llm/server.go: "json" or a schema ({} too) constrains
+        words = [json.dumps({"answer": "".join(words).strip()})]
+    plan.extend(("content", word) for word in words)
+    if job.stops:
+        # The runner stops where a stop sequence appears; "" appears before the first token.
+        text = ""
+        for index, (part, piece) in enumerate(plan):
+            if part == "content" and any(s in text + piece for s in job.stops):
+                return plan[:index], "stop"
+            text += piece if part == "content" else ""
     limit = job.num_predict
     if 0 < limit < len(plan):
         return plan[:limit], "length"
@@ -360,6 +376,7 @@ def prepare_generate(state: EmulatorState, req: dict[str, Any], started: float) 
         keep_alive=req.get("keep_alive"),
         options=dict(req.get("options") or {}),
         templated=not req.get("raw", False),
+        format=req.get("format"),
     )
     return job
 
@@ -406,6 +423,7 @@ def prepare_chat(state: EmulatorState, req: dict[str, Any], started: float) -> J
         started=started,
         keep_alive=req.get("keep_alive"),
         options=dict(req.get("options") or {}),
+        format=req.get("format"),
     )
 
 
