@@ -4,7 +4,9 @@ share, and the targets refused because Ollama would read them otherwise (pure, n
 gunicorn hands the app the percent-decoded path (``PATH_INFO``). Every decision is taken on
 that decoded path, and the proxy forwards exactly it, re-encoded (`wire_path`), never the
 decoded text itself: ``/api/pull%3F`` decodes to ``/api/pull?``, which Go would read as
-``/api/pull`` with an empty query. Refused with 400 (`problem`):
+``/api/pull`` with an empty query. A target the proxy would forward is refused with 400
+(`problem`, checked in routes/forwarding.py; the fast path's exact paths pass it by
+construction) when it has:
 
 * a decoded path with ``?``, ``#``, a NUL or another control character: it cannot name a route
   and only serves to make two readers disagree;

@@ -9,8 +9,8 @@ same error renderings, so a caller cannot tell which path served it. Everything 
 including inference requests whose body has no Content-Length (chunked uploads: Flask's path
 bounds them) — a test checks that Flask would route each fast path to the same forwarder.
 
-Being the outermost layer, it also refuses (400) every request whose target the proxy and
-Ollama could read differently (proxy/target.py), on every route, before anything else runs.
+Its paths are exact, so they are clean targets that Ollama reads alike (proxy/target.py); the
+Flask path checks every other target it forwards (routes/forwarding.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from management_api import errors
 from management_api.access import hooks
 from management_api.access.auth import ApiKey, KeyRing
 from management_api.access.cors import CorsPolicy
-from management_api.proxy import early_headers, target
+from management_api.proxy import early_headers
 from management_api.proxy.gateway import ClientRequest, Gateway
 from management_api.proxy.inference import INFERENCE_ROUTES
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
@@ -82,9 +82,6 @@ class InferenceFastPath:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         path = environ.get("PATH_INFO", "")
-        refused = target.problem(path)
-        if refused is not None:
-            return self._refuse(environ, start_response, path, refused)
         length = environ.get("CONTENT_LENGTH") or ""
         if (
             path not in INFERENCE_ROUTES
@@ -93,24 +90,6 @@ class InferenceFastPath:
         ):
             return self.app(environ, start_response)
         return self._serve(environ, start_response, path, int(length))
-
-    def _refuse(
-        self, environ: dict[str, Any], start_response: Callable[..., Any], path: str, why: str
-    ) -> Iterable[bytes]:
-        started = time.monotonic()
-        request_id = hooks.request_id_for(environ.get("HTTP_X_REQUEST_ID"))
-        status, headers, body = errors.render_error(
-            errors.BadRequest(why, type="invalid_path"), errors.flavor_for_path(path)
-        )
-        headers = [
-            *headers,
-            *hooks.response_headers(self._cors, request_id, environ.get("HTTP_ORIGIN")),
-        ]
-        start_response(status_line(status), headers)
-        hooks.log_request(request_id=request_id, remote_addr=environ.get("REMOTE_ADDR"),
-                          method=environ.get("REQUEST_METHOD", ""), path=path, key=None,
-                          status=status, started=started)  # fmt: skip
-        return [body]
 
     def _serve(
         self, environ: dict[str, Any], start_response: Callable[..., Any], path: str, length: int

@@ -84,32 +84,38 @@ def most_open_at_once(emulator: FakeOllama, path: str) -> int:
 # --- finding 1: the path, with auth off (the shared service: limit 1 for MODEL)
 
 REFUSED_TARGETS = [
-    "/api/generate%3F",
-    "/api/generate%3f",
-    "/api/generate%23",
-    "/api/generate%00",
-    "/api/generate%0A",
-    "/api/%2e%2e/api/generate",
-    "/api/%2E%2E/api/generate",
-    "/api/./generate",
-    "/api/x/../generate",
-    "//api/generate",
-    "/api//generate",
-    "/api/generate/",
+    ("/api/generate%3F", 400),
+    ("/api/generate%3f", 400),
+    ("/api/generate%23", 400),
+    ("/api/generate%00", 400),
+    ("/api/%2e%2e/api/generate", 400),
+    ("/api/%2E%2E/api/generate", 400),
+    ("/api/./generate", 400),
+    ("/api/x/../generate", 400),
+    ("//api/generate", 400),
+    ("/api/generate/", 400),
+    # Flask's own routing answers these before anything could be forwarded: no route takes a
+    # newline, and doubled slashes inside the path are redirected to the clean path (judged
+    # anew when the client follows).
+    ("/api/generate%0A", 404),
+    ("/api//generate", 308),
 ]
 
 
-@pytest.mark.parametrize("target", REFUSED_TARGETS)
-def test_a_target_ollama_reads_otherwise_is_refused_and_the_limit_holds(service, emulator, target):
+@pytest.mark.parametrize(("target", "refused_with"), REFUSED_TARGETS)
+def test_a_target_ollama_reads_otherwise_is_refused_and_the_limit_holds(
+    service, emulator, target, refused_with
+):
     slow(emulator, MODEL, seconds=1)
     body = {"model": MODEL, "prompt": "hold", "stream": False}
     statuses = at_once(service.proxy, target, body)
-    assert statuses == [400] * 4, statuses
+    assert statuses == [refused_with] * 4, statuses
     assert emulator.observations()["max_in_flight"].get(MODEL, 0) <= 1
     assert emulator.connections(method="POST") == []  # nothing reached Ollama
-    status, raw = raw_request(service.proxy, "POST", target, json.dumps(body).encode())
-    assert status == 400
-    assert isinstance(json.loads(raw)["error"], str)  # Ollama's error shape
+    if refused_with == 400:
+        status, raw = raw_request(service.proxy, "POST", target, json.dumps(body).encode())
+        assert status == 400
+        assert isinstance(json.loads(raw)["error"], str)  # Ollama's error shape
 
 
 @pytest.mark.parametrize(
