@@ -11,6 +11,7 @@ from management_api.bodies import LossyObject, go_object
 from management_api.cache import policy
 from management_api.cache.answers import Answer, finish_reason, render
 from management_api.cache.embeddings import compose_answer, split_answer, token_shares
+from management_api.cache.service import ResponseCache
 from management_api.cache.store import ENTRY_OVERHEAD_BYTES, LruStore
 from management_api.proxy.inference import classify
 
@@ -356,3 +357,12 @@ def test_the_recorder_stores_a_finished_answer_before_its_last_chunk_goes_out():
     list(cut)
     cut.close()
     assert ended[-1] is None  # the stream never finished: nothing to keep
+
+
+def test_the_scope_is_the_key_unless_entries_are_shared():
+    per_key = ResponseCache(max_bytes=1 << 20, ttl_seconds=60, digest_of=lambda _: "d")
+    assert per_key.scope("app") != per_key.scope("other") != per_key.scope(None)
+    shared = ResponseCache(
+        max_bytes=1 << 20, ttl_seconds=60, digest_of=lambda _: "d", shared_across_keys=True
+    )
+    assert shared.scope("app") == shared.scope("other") == shared.scope(None) == ""
