@@ -34,12 +34,14 @@ from management_api import errors, names
 from management_api.models.catalog import Catalog
 from management_api.proxy.inference import (
     INFERENCE_ROUTES,
+    MULTIPART_INFERENCE,
     MUTATION_ROUTES,
     UNLOAD_ALL,
     InferenceRequest,
     classify,
     parse_body,
     read_body,
+    read_form,
 )
 from management_api.proxy.limiter import AdmissionCancelled, AdmissionRejected, Limiter, Slot
 from management_api.proxy.socket_watch import SocketWatcher
@@ -167,6 +169,10 @@ def _eval_count(tail: bytes) -> int | None:
     return None
 
 
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    return next((value for key, value in headers if key.lower() == name), None)
+
+
 def _pull_model_key(payload: Any) -> str | None:
     """The normalised model of an Ollama pull body (``model``, or the older ``name``)."""
     if not isinstance(payload, dict):
@@ -264,7 +270,12 @@ class Gateway:
             return
         if request.path in INFERENCE_ROUTES:
             try:
-                request.payload = read_body(request.path, request.body)
+                if request.path in MULTIPART_INFERENCE:
+                    request.payload = read_form(
+                        _header(request.headers, "content-type"), request.body, request.query
+                    )
+                else:
+                    request.payload = read_body(request.path, request.body)
             except errors.ApiError as err:
                 self._log(Admission(request=request, started=self._clock()),
                           status=err.status, outcome="invalid_body")  # fmt: skip

@@ -14,9 +14,12 @@ case-insensitively, the last spelling wins), so ``"Model"`` is the model Ollama 
 
 from __future__ import annotations
 
+import email.policy
 import re
 from dataclasses import dataclass
+from email.parser import BytesParser
 from typing import Any
+from urllib.parse import parse_qs
 
 from management_api import errors, names
 from management_api.bodies import MAX_DEPTH, go_object
@@ -39,9 +42,10 @@ OPENAI_INFERENCE = {
     "/v1/messages": "anthropic_messages",
     "/v1/images/generations": "openai_images",
     "/v1/images/edits": "openai_image_edits",
+    # A multipart form, not JSON: its model is read by `read_form` (Go's FormValue).
+    "/v1/audio/transcriptions": "openai_transcriptions",
 }
 INFERENCE_ROUTES = {**NATIVE_INFERENCE, **OPENAI_INFERENCE}
-# Runs a model too, but its body is a multipart form, not JSON: not admitted yet (see README).
 MULTIPART_INFERENCE = frozenset({"/v1/audio/transcriptions"})
 # Every other exact path Ollama's router serves (for the trailing-slash check in target.py).
 OTHER_OLLAMA_ROUTES = frozenset({
@@ -89,6 +93,31 @@ def read_body(path: str, body: bytes) -> dict[str, Any] | None:
     if model is not None and not isinstance(model, str):
         raise errors.BadRequest("the field 'model' must be a string")
     return payload
+
+
+def read_form(content_type: str | None, body: bytes, query: str) -> dict[str, Any]:
+    """The model of a multipart inference request as Go's ``FormValue("model")`` reads it: the
+    URL query's first ``model`` before the form's (net/http puts query values first), field
+    names exact. A body that is not a multipart form is a 400, as Ollama answers it."""
+    from_query = parse_qs(query, keep_blank_values=True).get("model")
+    if from_query:
+        return {"model": from_query[0]}
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    if kind != "multipart/form-data":
+        raise errors.BadRequest("failed to parse multipart form: request Content-Type isn't "
+                                "multipart/form-data")  # fmt: skip
+    head = b"Content-Type: " + (content_type or "").encode("latin-1") + b"\r\n\r\n"
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise errors.BadRequest("failed to parse multipart form")
+    for part in message.iter_parts():
+        if part.get_param("name", header="content-disposition") == "model" and (
+            part.get_filename() is None
+        ):
+            payload = part.get_payload(decode=True)
+            text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+            return {"model": text}
+    return {"model": ""}
 
 
 def parse_body(body: bytes) -> Any:
@@ -155,7 +184,9 @@ def classify(path: str, payload: Any) -> InferenceRequest | None:
     stream_default = native and kind in ("generate", "chat")
     stream = body.get("stream", stream_default)
     stream = stream if isinstance(stream, bool) else stream_default
-    if kind in ("embed", "embeddings", "openai_embeddings", "openai_images", "openai_image_edits"):
+    if kind in ("embed", "embeddings", "openai_embeddings") or kind.startswith(
+        ("openai_image", "openai_transcriptions")
+    ):
         stream = False
 
     control = None

@@ -239,6 +239,23 @@ def test_image_generation_is_admitted(service, emulator):
     assert most_open_at_once(emulator, path) == 1
 
 
+def test_transcription_is_admitted(service, emulator):
+    path = "/v1/audio/transcriptions"
+    emulator.fault("stall_first_byte", route=path, times=4, seconds=1.5)
+    barrier = threading.Barrier(4)
+
+    def one(_: int) -> int:
+        barrier.wait(5)
+        files = {"file": ("a.wav", b"RIFF\x00\x01", "audio/wav")}
+        return requests.post(service.proxy + path, data={"model": MODEL}, files=files,
+                             timeout=30).status_code  # fmt: skip
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(one, range(4)))
+    assert statuses.count(429) == 1, statuses
+    assert most_open_at_once(emulator, path) == 1
+
+
 # --- finding 3: the cache key
 
 
