@@ -132,6 +132,7 @@ class Services:
                 digest_of=catalog.digest,
                 log_served=gateway.log_served,
                 observer=metrics,
+                shared_across_keys=settings.cache_shared_across_keys,
             )
             gateway.response_cache = cache
         sampler = create_sampler(

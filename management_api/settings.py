@@ -270,6 +270,9 @@ SETTINGS: tuple[Setting, ...] = (
             "response cache size, MB (deterministic answers and embeddings); 0 = off"),
     Setting("cache_ttl_seconds", "LLM_CACHE_TTL_SECONDS", 900, positive_seconds,
             "how long a cached answer is served, seconds"),
+    Setting("cache_shared_across_keys", "LLM_CACHE_SHARED_ACROSS_KEYS", False, parse_bool,
+            "whether API keys share cache entries (off: a hit never tells one key what another "
+            "asked)"),
     Setting("supervisor_socket", "LLM_SUPERVISOR_SOCKET", "/run/llm-service/supervisor.sock",
             path_value, "supervisord's control socket; the hard session reset restarts Ollama "
             "through it"),
@@ -311,6 +314,7 @@ class Settings:
     import_dir: Path | None
     cache_max_mb: float
     cache_ttl_seconds: float
+    cache_shared_across_keys: bool
     supervisor_socket: Path
     config_file: Path | None = field(default=None)
 

@@ -1,12 +1,13 @@
 """Which requests may be answered from the cache, and their keys (pure, no I/O).
 
 Only deterministic answers are cacheable: embeddings (always, for one model digest) and
-generations whose request sets temperature to 0 explicitly. A key covers the route, the model's
-manifest digest and the canonical JSON of every field that can change the answer; fields that
-only change the framing (``stream``, ``stream_options``) or the model's residency
-(``keep_alive``) are left out, so a stream and a non-stream request share an entry. So are
-top-level fields set to their empty value (null, "", [], {}): Ollama reads those as absent, and
-clients differ in which they send (the ollama package sends ``"tools": []``).
+generations whose request sets temperature to 0 explicitly. A key covers the caller's scope (the
+API key's name, unless entries are shared across keys), the route, the model's manifest digest
+and the canonical JSON of the body as Ollama reads it (bodies.go_object: field names folded, the
+last spelling winning). Only fields proven not to change the answer are left out: the framing
+(``stream``, ``stream_options``) and the model's residency (``keep_alive``), so a stream and a
+non-stream request share an entry. Empty values stay in the key: Ollama reads several of them
+as values (``"format": {}`` asks for JSON, ``"stop": ""`` on the OpenAI routes stops at once).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from management_api.bodies import LossyObject
 from management_api.proxy.inference import InferenceRequest
 
 INFER_ROUTE = "/v1/infer"
@@ -48,6 +50,8 @@ def is_cacheable(intent: InferenceRequest, payload: Any) -> bool:
     """Whether the answer to this request is deterministic and may be stored."""
     if intent.model_key is None or intent.control is not None or not isinstance(payload, dict):
         return False
+    if isinstance(payload, LossyObject):
+        return False  # not valid UTF-8: Go reads the bad bytes otherwise than we do
     if intent.kind in EMBEDDINGS:
         return True
     return intent.kind in GENERATIONS and temperature_is_zero(intent.kind, payload)
@@ -84,36 +88,39 @@ def _canonical(fields: dict[str, Any]) -> bytes:
 
 
 def _key_fields(payload: dict[str, Any], leave_out: frozenset[str]) -> dict[str, Any]:
-    return {
-        k: v
-        for k, v in payload.items()
-        if k not in leave_out and not (v is None or (v == "" or v == [] or v == {}))
-    }
+    # `payload` is the folded body (bodies.go_object): one name per field Ollama reads.
+    return {k: v for k, v in payload.items() if k not in leave_out}
 
 
-def request_key(path: str, digest: str, payload: dict[str, Any]) -> str:
-    """The key of a whole request; raises ValueError for a body JSON cannot repeat exactly."""
-    return _hash(path, digest, _canonical(_key_fields(payload, NOT_IN_KEY)))
+def request_key(path: str, digest: str, payload: dict[str, Any], scope: str = "") -> str:
+    """The key of a whole request in a caller's `scope`; raises ValueError for a body JSON
+    cannot repeat exactly."""
+    return _hash(path, digest, _canonical(_key_fields(payload, NOT_IN_KEY)), scope)
 
 
-def item_key(path: str, digest: str, payload: dict[str, Any], item: str) -> str:
+def item_key(path: str, digest: str, payload: dict[str, Any], item: str, scope: str = "") -> str:
     """The key of one input of an embedding batch: the request minus its other inputs."""
     fields = _key_fields(payload, NOT_IN_KEY | {"input"})
     fields["input"] = item
-    return _hash(path, digest, _canonical(fields))
+    return _hash(path, digest, _canonical(fields), scope)
 
 
-def task_key(task: str, identity: str, digests: Sequence[str], fields: Mapping[str, Any]) -> str:
+def task_key(
+    task: str, identity: str, digests: Sequence[str], fields: Mapping[str, Any], scope: str = ""
+) -> str:
     """The key of a whole ``/v1/infer`` result: the task's name and config identity, the
     digests of every model that may answer (in order), and the caller's fields that change the
     answer (input, strategy, models; not deadline_ms or stream). Raises ValueError for a body
     JSON cannot repeat exactly."""
     canonical = _canonical({"task": task, "config": identity, "request": dict(fields)})
-    return _hash(INFER_ROUTE, ",".join(digests), canonical)
+    return _hash(INFER_ROUTE, ",".join(digests), canonical, scope)
 
 
-def _hash(path: str, digest: str, canonical: bytes) -> str:
-    h = hashlib.sha256(path.encode())
+def _hash(path: str, digest: str, canonical: bytes, scope: str) -> str:
+    # The scope (an API key's name: 1-64 of A-Z a-z 0-9 _ . -) comes first, NUL-separated.
+    h = hashlib.sha256(scope.encode())
+    h.update(b"\0")
+    h.update(path.encode())
     h.update(b"\0")
     h.update(digest.encode())
     h.update(b"\0")
@@ -134,6 +141,7 @@ class Plan:
     items: tuple[str, ...] | None = None  # /api/embed inputs, looked up one by one
     item_keys: tuple[str, ...] = ()
     digest: str | None = None
+    scope: str = ""  # whose entries: see ResponseCache.scope
 
 
 def embed_items(payload: dict[str, Any]) -> tuple[str, ...] | None:

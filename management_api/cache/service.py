@@ -43,7 +43,7 @@ from management_api.cache.policy import (
 )
 from management_api.cache.store import LruStore
 from management_api.proxy.gateway import ClientRequest, ForwardedResponse
-from management_api.proxy.inference import INFERENCE_ROUTES, classify, parse_body
+from management_api.proxy.inference import INFERENCE_ROUTES, classify
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone
 
 log = logging.getLogger(__name__)
@@ -182,7 +182,10 @@ class ResponseCache:
         observer: CacheObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         coalesce_max_wait: float = COALESCE_MAX_WAIT_SECONDS,
+        shared_across_keys: bool = False,
     ) -> None:
+        # Per API key unless shared: a HIT would tell one key what another key asked.
+        self.shared_across_keys = shared_across_keys
         self.store = LruStore(max_bytes=max_bytes, ttl_seconds=ttl_seconds, clock=clock)
         self._digest_of = digest_of
         self._log_served = log_served
@@ -214,8 +217,7 @@ class ResponseCache:
         """What to do with a request; None for anything that is not an inference answer."""
         if request.method != "POST" or request.path not in INFERENCE_ROUTES:
             return None
-        payload = request.payload if request.payload is not None else parse_body(request.body)
-        request.payload = payload  # the gateway's admission reuses the parsed body
+        payload = request.payload  # read once, by the gateway (Gateway.read)
         intent = classify(request.path, payload)
         if intent is None or intent.control is not None:
             return None  # load/unload forms are not answers
@@ -227,18 +229,25 @@ class ResponseCache:
         if digest is None:  # not installed, or Ollama cannot say: Ollama answers itself
             return Plan(intent, payload, cacheable=False)
         refresh = NO_CACHE in directives
+        scope = self.scope(request.key_name)
         try:
             if intent.kind == "embed":
                 items = embed_items(payload)
                 if items is not None:
-                    keys = tuple(item_key(request.path, digest, payload, i) for i in items)
+                    keys = tuple(item_key(request.path, digest, payload, i, scope) for i in items)
                     return Plan(intent, payload, True, items=items, item_keys=keys,
-                                refresh=refresh, digest=digest)  # fmt: skip
-            key = request_key(request.path, digest, payload)
+                                refresh=refresh, digest=digest, scope=scope)  # fmt: skip
+            key = request_key(request.path, digest, payload, scope)
         except ValueError:  # NaN and the like: no exact key
             return Plan(intent, payload, cacheable=False)
         shape = request_shape(intent, payload)
-        return Plan(intent, payload, True, key=key, shape=shape, refresh=refresh, digest=digest)
+        return Plan(intent, payload, True, key=key, shape=shape, refresh=refresh, digest=digest,
+                    scope=scope)  # fmt: skip
+
+    def scope(self, key_name: str | None) -> str:
+        """Whose entries a request may read and write: its API key's (none: the keyless
+        callers'), or everyone's when LLM_CACHE_SHARED_ACROSS_KEYS is on."""
+        return "" if self.shared_across_keys or key_name is None else "key:" + key_name
 
     # --- whole /v1/infer results (the route runs the task; see README, Response cache)
 
@@ -252,6 +261,7 @@ class ResponseCache:
         models: Iterable[str],
         fields: dict[str, Any],
         headers: Iterable[tuple[str, str]],
+        key_name: str | None = None,
     ) -> ResultPlan:
         """Key a task request on the task's config identity, the digests of every model that
         may answer and the caller's `fields`. BYPASS when the task is not `cacheable`, on
@@ -266,7 +276,7 @@ class ResponseCache:
                 if digest is None:
                     return ResultPlan(task, BYPASS)
                 digests.append(digest)
-            key = task_key(task, identity, digests, fields)
+            key = task_key(task, identity, digests, fields, self.scope(key_name))
         except ValueError:  # a name that is no model name, or NaN and the like: no exact key
             return ResultPlan(task, BYPASS)
         refresh = NO_CACHE in directives
@@ -620,7 +630,7 @@ class ResponseCache:
         assert plan.items is not None and plan.digest is not None
         route, model = request_route(plan), self._model(plan)
         for text, item in items.items():
-            key = item_key(route, plan.digest, plan.payload, text)
+            key = item_key(route, plan.digest, plan.payload, text, plan.scope)
             self.store.put(key, route, model, item, item.size)
 
     # --- bookkeeping

@@ -27,7 +27,7 @@ from typing import Any
 
 from management_api import errors
 from management_api.proxy.gateway import ClientRequest, ForwardedResponse, Gateway
-from management_api.proxy.inference import INFERENCE_ROUTES, classify, parse_body
+from management_api.proxy.inference import INFERENCE_ROUTES, classify
 from management_api.proxy.transport import ClientGone
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,7 @@ def early_after_seconds(gateway: Gateway, request: ClientRequest) -> float:
     """The configured delay for this request, or 0 when early headers do not apply to it."""
     if request.method != "POST" or request.path not in INFERENCE_ROUTES:
         return 0.0
-    if request.payload is None and request.body:
-        request.payload = parse_body(request.body)  # the gateway reuses it: parsed once
+    gateway.read(request)  # the one reading of the body; the gateway reuses it
     intent = classify(request.path, request.payload)
     if intent is None or intent.stream or not intent.needs_admission:
         return 0.0

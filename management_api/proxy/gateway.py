@@ -33,14 +33,19 @@ from typing import Any, Protocol
 from management_api import errors, names
 from management_api.models.catalog import Catalog
 from management_api.proxy.inference import (
+    INFERENCE_ROUTES,
+    MULTIPART_INFERENCE,
     MUTATION_ROUTES,
     UNLOAD_ALL,
     InferenceRequest,
     classify,
     parse_body,
+    read_body,
+    read_form,
 )
 from management_api.proxy.limiter import AdmissionCancelled, AdmissionRejected, Limiter, Slot
 from management_api.proxy.socket_watch import SocketWatcher
+from management_api.proxy.target import wire_path
 from management_api.proxy.transport import (
     CLIENT_CLOSED_STATUS,
     ClientGone,
@@ -83,8 +88,8 @@ class RequestObserver(Protocol):
 @dataclass
 class ClientRequest:
     method: str
-    path: str  # without the query string
-    query: str
+    path: str  # decoded, without the query string: what every decision is taken on
+    query: str  # as received (still percent-encoded)
     headers: list[tuple[str, str]]
     body: bytes
     watch: ClientWatch
@@ -99,7 +104,9 @@ class ClientRequest:
 
     @property
     def target(self) -> str:
-        return self.path + ("?" + self.query if self.query else "")
+        """The request target sent to Ollama: the decided-on path, encoded so that Go decodes
+        it to exactly `path` (a decoded ``?`` would otherwise start a query there)."""
+        return wire_path(self.path) + ("?" + self.query if self.query else "")
 
 
 @dataclass
@@ -160,6 +167,10 @@ def _eval_count(tail: bytes) -> int | None:
                 return usage["completion_tokens"]
         return None
     return None
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    return next((value for key, value in headers if key.lower() == name), None)
 
 
 def _pull_model_key(payload: Any) -> str | None:
@@ -239,6 +250,7 @@ class Gateway:
     # --- the one entry point
 
     def forward(self, request: ClientRequest) -> ForwardedResponse:
+        self.read(request)
         # The cache sits in front of admission: a hit or a coalesced request takes no slot.
         if self.response_cache is not None:
             return self.response_cache.forward(request, self._forward)
@@ -250,12 +262,32 @@ class Gateway:
             return self._unload_all(admission, admission.intent)
         return self.open(admission)
 
+    def read(self, request: ClientRequest) -> None:
+        """Read an inference request's body once, as Ollama will (`request.payload`): the cache
+        key, admission and the access log all use this one reading. A body Ollama could not
+        read as its request is a 400 here, never forwarded unadmitted."""
+        if request.payload is not None or request.method != "POST" or not request.body:
+            return
+        if request.path in INFERENCE_ROUTES:
+            try:
+                if request.path in MULTIPART_INFERENCE:
+                    request.payload = read_form(
+                        _header(request.headers, "content-type"), request.body, request.query
+                    )
+                else:
+                    request.payload = read_body(request.path, request.body)
+            except errors.ApiError as err:
+                self._log(Admission(request=request, started=self._clock()),
+                          status=err.status, outcome="invalid_body")  # fmt: skip
+                raise
+        elif request.path == "/api/pull":
+            request.payload = parse_body(request.body)
+
     def admit(self, request: ClientRequest) -> Admission:
         """Classify the request and, when it needs one, wait for its slot (cases 1-5 above)."""
         record = Admission(request=request, started=self._clock())
+        self.read(request)
         payload = request.payload
-        if payload is None and request.body:
-            payload = parse_body(request.body)
         intent = classify(request.path, payload) if request.method == "POST" else None
         record.intent = intent
         if request.path == "/api/pull" and request.method == "POST":

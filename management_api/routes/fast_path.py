@@ -8,6 +8,9 @@ exact paths itself, with the same access rules (access/hooks.py), the same gatew
 same error renderings, so a caller cannot tell which path served it. Everything else goes to Flask,
 including inference requests whose body has no Content-Length (chunked uploads: Flask's path
 bounds them) — a test checks that Flask would route each fast path to the same forwarder.
+
+Its paths are exact, so they are clean targets that Ollama reads alike (proxy/target.py); the
+Flask path checks every other target it forwards (routes/forwarding.py).
 """
 
 from __future__ import annotations

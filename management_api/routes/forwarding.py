@@ -1,4 +1,9 @@
-"""Glue between Flask and the gateway: turn the current request into a forwarded response."""
+"""Glue between Flask and the gateway: turn the current request into a forwarded response.
+
+A target Ollama would read otherwise than we matched it (a decoded ``?``, ``#`` or control
+character, a path Go cleans or redirects; proxy/target.py) is refused with 400 here, before
+anything is sent: keys, limits and the cache were judged on the path as we read it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ from collections.abc import Iterator
 
 from flask import Response, current_app, g, request
 
-from management_api.proxy import early_headers
+from management_api import errors
+from management_api.proxy import early_headers, target
 from management_api.proxy.gateway import ClientRequest
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
 
@@ -25,6 +31,9 @@ def _stream_upload() -> Iterator[bytes]:
 
 
 def forward_current_request(flavor: str) -> Response:
+    refused = target.problem(request.environ.get("PATH_INFO", request.path))
+    if refused is not None:
+        raise errors.BadRequest(refused, type="invalid_path")
     services = current_app.extensions["llm_service"]
     headers = list(request.headers.items())
     streamed_body = None

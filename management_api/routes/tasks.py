@@ -119,6 +119,7 @@ def _cache_plan(call: InferCall) -> ResultPlan | None:
         models=models,
         fields={"input": call.input, "strategy": call.strategy, "models": models},
         headers=request.headers.items(),
+        key_name=call.key_name,
     )
 
 

@@ -235,4 +235,4 @@ def test_deeply_nested_json_is_400_not_500(secured):
         )
         assert response.status_code == 400, (path, response.text[:200])
     proxied = requests.post(service.proxy_url + "/api/generate", data=deep, timeout=10)
-    assert proxied.status_code < 500  # Ollama's own 400, passed through
+    assert proxied.status_code == 400  # ours: never forwarded unadmitted (issue 28)

@@ -100,6 +100,10 @@ LABEL_SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}},
                 "required": ["label"]}  # fmt: skip
 
 
+APP_KEY = "task-app-key-0123456789"
+OTHER_KEY = "task-other-key-012345678"
+
+
 @pytest.fixture(scope="module")
 def cache_service(emulator: FakeOllama, tmp_path_factory) -> Iterator[tuple[ServiceProcess, Path]]:
     folder = tmp_path_factory.mktemp("task-cache")
@@ -117,6 +121,8 @@ def cache_service(emulator: FakeOllama, tmp_path_factory) -> Iterator[tuple[Serv
         "LLM_CACHE_TTL_SECONDS": "600",
         "LLM_MODEL_CACHE_TTL": "30",
         "LLM_WORKER_THREADS": "64",
+        # Auth stays off; a caller that sends a key is still known by it (per-key entries).
+        "LLM_API_KEYS": f"app:{APP_KEY}:user,other:{OTHER_KEY}:user",
     }
     with ServiceProcess(env=env) as process:
         yield process, folder
@@ -348,3 +354,15 @@ def test_the_access_log_says_what_the_cache_did(svc, cache_service):
             break
         assert time.monotonic() < deadline, lines[-2:]
         time.sleep(0.05)
+
+
+def test_results_are_per_api_key(svc):
+    """Issue 28, finding 7: a HIT never tells one key what another key asked."""
+
+    def as_key(key: str) -> str:
+        headers = {"Authorization": f"Bearer {key}"}
+        return svc.infer("cached", "private question", headers=headers).headers["X-Cache"]
+
+    assert (as_key(APP_KEY), as_key(APP_KEY)) == ("MISS", "HIT")
+    assert as_key(OTHER_KEY) == "MISS"
+    assert svc.infer("cached", "private question").headers["X-Cache"] == "MISS"  # no key

@@ -7,9 +7,11 @@ import json
 
 import pytest
 
+from management_api.bodies import LossyObject, go_object
 from management_api.cache import policy
 from management_api.cache.answers import Answer, finish_reason, render
 from management_api.cache.embeddings import compose_answer, split_answer, token_shares
+from management_api.cache.service import ResponseCache
 from management_api.cache.store import ENTRY_OVERHEAD_BYTES, LruStore
 from management_api.proxy.inference import classify
 
@@ -59,12 +61,16 @@ def test_what_is_cacheable(path, body, expected):
     assert _cacheable(path, body) is expected
 
 
+def _go_key(path: str, digest: str, raw: bytes, scope: str = "") -> str:
+    """The key of a body as the proxy reads it (bodies.go_object), as in the service."""
+    return policy.request_key(path, digest, go_object(raw), scope)
+
+
 def test_key_ignores_framing_and_residency_but_not_the_answer():
     key = policy.request_key("/api/chat", "d1", CHAT)
     same = [
         {**CHAT, "stream": True},
         {**CHAT, "stream": False, "keep_alive": "10m"},
-        {**CHAT, "tools": [], "format": None, "images": []},  # empty values read as absent
         dict(reversed(list(CHAT.items()))),  # field order
     ]
     for body in same:
@@ -77,8 +83,68 @@ def test_key_ignores_framing_and_residency_but_not_the_answer():
         ("/api/chat", "d1", {**CHAT, "format": "json"}),
         ("/api/chat", "d1", {**CHAT, "think": False}),
         ("/api/chat", "d1", {**CHAT, "messages": [{"role": "user", "content": "hi!"}]}),
+        # Empty values are values to Ollama (issue 28): never read as absent.
+        ("/api/chat", "d1", {**CHAT, "format": {}}),
+        ("/api/chat", "d1", {**CHAT, "format": ""}),
+        ("/api/chat", "d1", {**CHAT, "tools": []}),
+        ("/api/chat", "d1", {**CHAT, "system": ""}),
     ]
     assert len({policy.request_key(*args) for args in different} | {key}) == len(different) + 1
+
+
+def test_key_reads_field_names_as_go_does():
+    """Case variants are one field, the last one wins (encoding/json), before keying."""
+    plain = b'{"model":"m","prompt":"hi","system":"be brief","options":{"temperature":0}}'
+    key = _go_key("/api/generate", "d", plain)
+    assert key == _go_key(
+        "/api/generate",
+        "d",
+        b'{"MODEL":"m","Prompt":"hi","SYSTEM":"be brief","options":{"temperature":0}}',
+    )
+    # "SYSTEM": "" after "system": Go runs with no system prompt: another key.
+    emptied = (
+        b'{"model":"m","prompt":"hi","system":"be brief","SYSTEM":"","options":{"temperature":0}}'
+    )
+    assert _go_key("/api/generate", "d", emptied) != key
+    assert _go_key("/api/generate", "d", emptied) == _go_key(
+        "/api/generate", "d", b'{"model":"m","prompt":"hi","system":"","options":{"temperature":0}}'
+    )
+    # The body's order decides, even when a dict would keep the first place of a repeat.
+    repeat = (
+        b'{"model":"m","prompt":"hi","system":"x","SYSTEM":"","system":"be brief",'
+        b'"options":{"temperature":0}}'
+    )
+    assert _go_key("/api/generate", "d", repeat) == key
+
+
+def test_openai_empty_stop_and_native_empty_format_are_in_the_key():
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+    plain = policy.request_key("/v1/chat/completions", "d", chat)
+    assert policy.request_key("/v1/chat/completions", "d", {**chat, "stop": ""}) != plain
+    native = {"model": "m", "prompt": "hi", "options": {"temperature": 0}}
+    assert policy.request_key("/api/generate", "d", {**native, "format": {}}) != (
+        policy.request_key("/api/generate", "d", native)
+    )
+
+
+def test_keys_are_per_scope():
+    one = policy.request_key("/api/chat", "d1", CHAT, "key:a")
+    assert one != policy.request_key("/api/chat", "d1", CHAT, "key:b")
+    assert one != policy.request_key("/api/chat", "d1", CHAT)
+    body = {"model": "m", "input": ["a"]}
+    assert policy.item_key("/api/embed", "d", body, "a", "key:a") != policy.item_key(
+        "/api/embed", "d", body, "a", "key:b"
+    )
+    assert policy.task_key("t", "i", ["d"], {"input": "x"}, "key:a") != policy.task_key(
+        "t", "i", ["d"], {"input": "x"}, "key:b"
+    )
+
+
+def test_a_body_that_is_not_utf8_is_never_cached():
+    raw = b'{"model":"m","prompt":"caf\xe9","options":{"temperature":0}}'
+    payload = go_object(raw)
+    assert isinstance(payload, LossyObject) and payload["model"] == "m"
+    assert not policy.is_cacheable(classify("/api/generate", payload), payload)
 
 
 def test_key_refuses_what_json_cannot_repeat():
@@ -291,3 +357,12 @@ def test_the_recorder_stores_a_finished_answer_before_its_last_chunk_goes_out():
     list(cut)
     cut.close()
     assert ended[-1] is None  # the stream never finished: nothing to keep
+
+
+def test_the_scope_is_the_key_unless_entries_are_shared():
+    per_key = ResponseCache(max_bytes=1 << 20, ttl_seconds=60, digest_of=lambda _: "d")
+    assert per_key.scope("app") != per_key.scope("other") != per_key.scope(None)
+    shared = ResponseCache(
+        max_bytes=1 << 20, ttl_seconds=60, digest_of=lambda _: "d", shared_across_keys=True
+    )
+    assert shared.scope("app") == shared.scope("other") == shared.scope(None) == ""

@@ -18,6 +18,7 @@ def test_defaults():
     assert s.stats_interval == 5
     assert s.model_cache_ttl == 30
     assert (s.cache_max_mb, s.cache_ttl_seconds) == (0, 900)  # the response cache is off
+    assert s.cache_shared_across_keys is False  # per API key
     assert s.limits_file == PROJECT_ROOT / "config" / "limits.toml"
     assert s.log_dir == PROJECT_ROOT / "logs"
     assert s.ollama_log_file == PROJECT_ROOT / "logs" / "ollama.log"
@@ -65,6 +66,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
         "LLM_IMPORT_DIR": str(tmp_path / "gguf"),
         "LLM_CACHE_MAX_MB": "128.5",
         "LLM_CACHE_TTL_SECONDS": "60",
+        "LLM_CACHE_SHARED_ACROSS_KEYS": "true",
         "LLM_SUPERVISOR_SOCKET": str(tmp_path / "supervisor.sock"),
     }
     assert set(env) == {s.variable for s in SETTINGS}, "test must cover every declared setting"
@@ -93,6 +95,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
     assert s.max_body_mb == 8 and s.import_dir == tmp_path / "gguf"
     assert s.supervisor_socket == tmp_path / "supervisor.sock"
     assert (s.cache_max_mb, s.cache_ttl_seconds) == (128.5, 60)
+    assert s.cache_shared_across_keys is True
 
 
 def test_models_dir_follows_ollama_models():
