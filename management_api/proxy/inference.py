@@ -27,7 +27,7 @@ from management_api.bodies import MAX_DEPTH, go_object
 # The Ollama the image ships (Dockerfile OLLAMA_IMAGE). The route tables below are read from
 # its server/routes.go (GenerateRoutes): every route there that can load or run a model is an
 # inference route here; a test names this version, so a bump makes someone read them again.
-OLLAMA_VERSION = "0.20.5"
+OLLAMA_VERSION = "0.32.15"
 NATIVE_INFERENCE = {
     "/api/generate": "generate",
     "/api/chat": "chat",
@@ -40,6 +40,8 @@ OPENAI_INFERENCE = {
     "/v1/embeddings": "openai_embeddings",
     "/v1/responses": "openai_responses",
     "/v1/messages": "anthropic_messages",
+    # Image models ran here up to the 0.2x releases; still admitted, so an image built with an
+    # older OLLAMA_IMAGE is gated too (0.32.15 answers 404).
     "/v1/images/generations": "openai_images",
     "/v1/images/edits": "openai_image_edits",
     # A multipart form, not JSON: its model is read by `read_form` (Go's FormValue).
@@ -51,7 +53,8 @@ MULTIPART_INFERENCE = frozenset({"/v1/audio/transcriptions"})
 OTHER_OLLAMA_ROUTES = frozenset({
     "/api/version", "/api/status", "/api/pull", "/api/push", "/api/tags", "/api/show",
     "/api/delete", "/api/me", "/api/signout", "/api/create", "/api/copy",
-    "/api/experimental/web_search", "/api/experimental/web_fetch", "/api/ps", "/v1/models",
+    "/api/experimental/web_search", "/api/experimental/web_fetch",
+    "/api/experimental/model-recommendations", "/api/ps", "/v1/models",
 })  # fmt: skip
 # Mutations of the installed-model set: the catalog is invalidated after each.
 MUTATION_ROUTES = frozenset({"/api/pull", "/api/create", "/api/copy", "/api/delete", "/api/push"})

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Every route of Ollama v0.20.5's server/routes.go (GenerateRoutes) whose handler can load or
 # run a model: the generate, chat and embed handlers and the middlewares in front of them.
-MODEL_RUNNING_ROUTES_0_20_5 = {
+# Read from server/routes.go (GenerateRoutes) of v0.32.15: every route that loads or runs a model.
+MODEL_RUNNING_ROUTES_0_32_15 = {
     "/api/generate",
     "/api/chat",
     "/api/embed",
@@ -38,11 +39,12 @@ MODEL_RUNNING_ROUTES_0_20_5 = {
     "/v1/completions",
     "/v1/embeddings",
     "/v1/responses",
-    "/v1/images/generations",
-    "/v1/images/edits",
     "/v1/audio/transcriptions",
     "/v1/messages",
 }
+# Routes of older releases (v0.20.5 ran image models there), still admitted so that an image
+# built with an older OLLAMA_IMAGE is gated too; on 0.32.15 Ollama answers them 404.
+OLDER_MODEL_RUNNING_ROUTES = {"/v1/images/generations", "/v1/images/edits"}
 
 
 def test_the_route_table_is_the_one_of_the_ollama_the_image_ships():
@@ -50,8 +52,9 @@ def test_the_route_table_is_the_one_of_the_ollama_the_image_ships():
     shipped = re.search(r"ARG OLLAMA_IMAGE=ollama/ollama:(\S+)", dockerfile)
     assert shipped is not None
     # A new Ollama: read its GenerateRoutes again, then update the table and this version.
-    assert shipped.group(1) == OLLAMA_VERSION == "0.20.5"
-    assert set(INFERENCE_ROUTES) | MULTIPART_INFERENCE == MODEL_RUNNING_ROUTES_0_20_5
+    assert shipped.group(1) == OLLAMA_VERSION == "0.32.15"
+    admitted = set(INFERENCE_ROUTES) | MULTIPART_INFERENCE
+    assert admitted == MODEL_RUNNING_ROUTES_0_32_15 | OLDER_MODEL_RUNNING_ROUTES
 
 
 # --- the body
