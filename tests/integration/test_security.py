@@ -436,3 +436,26 @@ def test_ollamas_api_status_is_served_on_the_proxy_port(secured):
     assert ours.status_code == 200 and "cloud" not in ours.json()
     page = requests.get(service.proxy_url + "/ui/", timeout=10)
     assert page.status_code == 404  # the page itself stays on the management port
+
+
+@pytest.mark.parametrize("host", ["llm-service:11434", "llm-service.default.svc.cluster.local"])
+def test_the_sdks_keep_working_with_a_service_name_as_host(secured, host):
+    """The `ollama` and `openai` packages, as n8n-like callers in compose or k8s use them."""
+    import ollama
+    import openai
+
+    mode, service = secured
+    if mode != "all":
+        pytest.skip("once is enough")
+    auth = {"Authorization": f"Bearer {USER_KEY}", "Host": host}
+    client = ollama.Client(host=service.proxy_url, headers=auth)
+    assert client.generate(model=MODEL, prompt="x").response
+    assert client.list().models
+    oai = openai.OpenAI(base_url=service.proxy_url + "/v1", api_key=USER_KEY,
+                        default_headers={"Host": host}, max_retries=0)  # fmt: skip
+    reply = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+    assert reply.choices[0].message.content
+    refused = ollama.Client(host=service.proxy_url, headers={**auth, "Host": "evil.example"})
+    with pytest.raises(ollama.ResponseError) as err:
+        refused.list()
+    assert err.value.status_code == 403
