@@ -9,6 +9,8 @@ from flask import Flask
 from management_api.access import error_handlers, hooks
 from management_api.access.auth import KeyRing, load_keys
 from management_api.access.cors import CorsPolicy
+from management_api.access.guard import BrowserGuard
+from management_api.access.hosts import HostPolicy
 from management_api.routes import (
     cache,
     docs,
@@ -41,8 +43,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     error_handlers.init_app(app)
     keyring = KeyRing(settings.auth_mode, load_keys(settings.api_keys, settings.api_keys_file))
     app.extensions["llm_service_keys"] = keyring
-    cors = CorsPolicy(settings.cors_origins)
+    cors = CorsPolicy(settings.cors_origins, settings.ollama_origins)
     hooks.init_app(app, keyring, cors)
+    # The gateway asks the key ring who may send the unload-everything form.
+    services.gateway.may_unload_all = keyring.may_unload_all
     app.register_blueprint(health.bp)
     app.register_blueprint(management.bp)
     app.register_blueprint(models.bp)
@@ -62,6 +66,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         keyring=keyring,
         cors=cors,
         max_body_bytes=app.config["MAX_CONTENT_LENGTH"],
+    )
+    # Outermost: cross-site and rebound requests are refused before any other work.
+    app.wsgi_app = BrowserGuard(  # type: ignore[method-assign]
+        app.wsgi_app, cors=cors, hosts=HostPolicy(settings.allowed_hosts)
     )
     return app
 

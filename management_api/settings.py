@@ -261,7 +261,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api_keys_file", "LLM_API_KEYS_FILE", None, path_value,
             "file with one name:key:role entry per line"),
     Setting("cors_origins", "LLM_CORS_ORIGINS", "", comma_list,
-            "browser origins allowed by CORS, separated by commas"),
+            "browser origins allowed besides Ollama's defaults, separated by commas"),
+    Setting("ollama_origins", "OLLAMA_ORIGINS", "", comma_list,
+            "Ollama's own extra allowed origins: honoured by the service too"),
+    Setting("allowed_hosts", "LLM_ALLOWED_HOSTS", "", comma_list,
+            "public Host names the service answers (.example.com: with subdomains; *: any)"),
     Setting("max_body_mb", "LLM_MAX_BODY_MB", 64, positive_int,
             "largest accepted request body, MB"),
     Setting("import_dir", "LLM_IMPORT_DIR", None, path_value,
@@ -310,6 +314,8 @@ class Settings:
     api_keys: tuple[str, ...]
     api_keys_file: Path | None
     cors_origins: tuple[str, ...]
+    ollama_origins: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]
     max_body_mb: int
     import_dir: Path | None
     cache_max_mb: float

@@ -19,6 +19,8 @@ mkdir -p "$run_dir"
 [[ -e "$run_dir/.gitignore" ]] || printf '# created by scripts/run-dev.sh\n*\n' >"$run_dir/.gitignore"
 
 export LLM_RUN_DIR="$run_dir"
+# A workstation run answers this machine only; LLM_BIND_HOST=0.0.0.0 opens it to the network.
+export LLM_BIND_HOST="${LLM_BIND_HOST:-127.0.0.1}"
 export LLM_LOG_DIR="${LLM_LOG_DIR:-$run_dir/logs}"
 export LLM_SUPERVISOR_SOCKET="${LLM_SUPERVISOR_SOCKET:-$run_dir/supervisor.sock}"
 export LLM_PYTHON="${LLM_PYTHON:-$python}"
@@ -34,5 +36,5 @@ BANNER
     export PATH="$root/scripts/ollama-shim:$PATH"
 fi
 
-echo "run-dev: logs in $LLM_LOG_DIR; programs: LLM_SUPERVISOR_SOCKET=$LLM_SUPERVISOR_SOCKET .venv/bin/supervisorctl -c supervisord.conf status" >&2
+echo "run-dev: listening on $LLM_BIND_HOST (LLM_BIND_HOST); logs in $LLM_LOG_DIR; programs: LLM_SUPERVISOR_SOCKET=$LLM_SUPERVISOR_SOCKET .venv/bin/supervisorctl -c supervisord.conf status" >&2
 exec "$root/entrypoint.sh"

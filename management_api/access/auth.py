@@ -190,6 +190,17 @@ class KeyRing:
                                               "settings (admin role required)")  # fmt: skip
         return Decision(True, key)
 
+    def may_unload_all(self, key_name: str | None) -> bool:
+        """Whether the caller may send Ollama's unload-everything form (``{"model": "",
+        "keep_alive": 0}``), which ends every running request. With ``all`` it needs the admin
+        role, like ``POST /api/cache/clear``; with ``management`` it stays open without a key,
+        because the self-healing engine sends it with none (and ``authorize`` has already
+        refused an unknown key wherever a key is needed)."""
+        if self.mode != ALL:
+            return True
+        key = next((k for k in self.keys if k.name == key_name), None)
+        return key is not None and key.role == ADMIN
+
     # --- optional per-key concurrency cap
 
     def try_acquire(self, key: ApiKey) -> bool:

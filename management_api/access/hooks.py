@@ -32,8 +32,12 @@ _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 access_log = logging.getLogger("llm_service.access")
 
 
+# Our own routes that run models: each request holds one of the key's places while it runs.
+_OWN_INFERENCE_ROUTES = frozenset({"/v1/infer"})
+
+
 def _is_inference(path: str) -> bool:
-    return path in INFERENCE_ROUTES or path.startswith("/v1/llm/")
+    return path in INFERENCE_ROUTES or path in _OWN_INFERENCE_ROUTES or path.startswith("/v1/llm/")
 
 
 def _bound_chunked_body(app: Flask) -> None:

@@ -217,6 +217,9 @@ class Gateway:
         self.unload_all: (
             Callable[[float, str | None], tuple[list[str], list[dict[str, str]]]] | None
         ) = None
+        # Who may send the unload-everything form, by API key name (the key ring's rule, set
+        # by the app); None: anyone.
+        self.may_unload_all: Callable[[str | None], bool] | None = None
         # The response cache, when LLM_CACHE_MAX_MB > 0 (set in Services.build, like unload_all).
         self.response_cache: ResponseCacheHook | None = None
 
@@ -500,6 +503,12 @@ class Gateway:
 
     def _unload_all(self, record: Admission, intent: InferenceRequest) -> ForwardedResponse:
         """Unload every loaded model; bounded so the self-healing agent's 5 s timeout holds."""
+        key_name = record.request.key_name
+        if self.may_unload_all is not None and not self.may_unload_all(key_name):
+            self._log(record, status=403, outcome="forbidden")
+            raise errors.Forbidden(
+                f"the key '{key_name}' may not unload every model (admin role required)"
+            )
         if self.unload_all is None:
             raise errors.ServiceUnavailable("unloading is not available yet")
         unloaded, failed = self.unload_all(UNLOAD_ALL_DEADLINE_SECONDS, record.request.key_name)

@@ -1,9 +1,11 @@
 """The status page: ``GET /api/status`` (the one snapshot, with ETag) and ``GET /ui/`` (files).
 
-Both are served on the management port only; on the proxy port they answer 404, so the port
-that existing Ollama clients use shows nothing new. The page's files carry no data and need no
-key (a browser cannot send one for a page load); the snapshot needs whatever the API's access
-rules say for a read, and the page's actions go to the existing routes with the caller's key.
+Both are served on the management port only. On the proxy port the page answers 404, so the
+port that existing Ollama clients use shows nothing new, and ``GET /api/status`` is Ollama's own
+route (its cloud status), passed through like every other Ollama route. The page's files carry
+no data and need no key (a browser cannot send one for a page load); the snapshot needs whatever
+the API's access rules say for a read, and the page's actions go to the existing routes with the
+caller's key.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from flask.typing import ResponseReturnValue
 
 from management_api import errors
 from management_api.access.auth import ADMIN, OFF
+from management_api.routes.forwarding import forward_current_request
 from management_api.status import asset, render
 
 bp = Blueprint("status", __name__)
@@ -32,11 +35,16 @@ def _services() -> Any:
     return current_app.extensions["llm_service"]
 
 
-def _management_port_only() -> None:
+def _on_proxy_port() -> bool:
     settings = _services().settings
     # SERVER_PORT is the port of the socket the request arrived on (gunicorn sets it from the
     # listener, not from the Host header), so a client cannot talk its way past this.
-    if settings.proxy_enabled and request.environ.get("SERVER_PORT") == str(settings.proxy_port):
+    return settings.proxy_enabled and request.environ.get("SERVER_PORT") == str(settings.proxy_port)
+
+
+def _management_port_only() -> None:
+    if _on_proxy_port():
+        settings = _services().settings
         raise errors.NotFound(
             f"the status page is served on the management port ({settings.management_port})"
         )
@@ -59,7 +67,8 @@ def _conditional(body: bytes, etag: str, content_type: str, extra: dict[str, str
 
 @bp.get("/api/status")
 def status() -> ResponseReturnValue:
-    _management_port_only()
+    if _on_proxy_port():
+        return forward_current_request(errors.OLLAMA)
     services = _services()
     keyring = current_app.extensions["llm_service_keys"]
     key = getattr(g, "key", None)

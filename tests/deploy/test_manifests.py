@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from management_api.access.hosts import HostPolicy
 from management_api.proxy.limits_config import load_limits
 from management_api.settings import Settings
 from tests.service_harness import ROOT
@@ -288,3 +289,33 @@ def test_litellm_router_sends_each_model_to_every_nodes_proxy_port():
         assert params["model"] == f"openai/{entry['model_name']}"
         assert params["max_retries"] == 0  # the router retries on another node instead
     assert config["router_settings"]["num_retries"] >= 1
+
+
+@pytest.mark.parametrize("overlay", ("base", *NODE_OVERLAYS))
+def test_only_the_proxy_port_is_published_on_the_nodes(overlay):
+    """Issue 28, #9: the management API (session reset, pulls, unloads) is not a hostPort;
+    the proxy port is, for routers that address each node (overlays/router-litellm)."""
+    container = service_container(overlay)
+    published = {p["name"]: p.get("hostPort") for p in container["ports"]}
+    assert published == {"proxy": 11434, "management": None}
+    for _name, spec in pod_specs(overlay):
+        assert not spec.get("hostNetwork"), "hostNetwork would publish every port"
+    for doc in render(overlay):
+        if doc["kind"] == "Service":
+            assert doc["spec"].get("type", "ClusterIP") == "ClusterIP", doc["metadata"]["name"]
+
+
+def test_the_services_own_names_pass_the_host_guard():
+    """In-cluster callers use the Services' names; the guard must answer every form of them."""
+    env = env_of(service_container("jetson"))
+    settings = Settings.load({k: v for k, v in env.items() if k.startswith("LLM_")})
+    hosts = HostPolicy(settings.allowed_hosts, machine_name="node-1")
+    services = [d["metadata"]["name"] for d in render("jetson") if d["kind"] == "Service"]
+    namespace = find("jetson", "Namespace")["metadata"]["name"]
+    assert services
+    for service in services:
+        port = 11434 if "proxy" in service else 11436
+        for name in (service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
+                     f"{service}.{namespace}.svc.cluster.local"):  # fmt: skip
+            assert hosts.allows(f"{name}:{port}"), name
+    assert not hosts.allows("evil.example:11434")

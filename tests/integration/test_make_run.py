@@ -36,7 +36,7 @@ def test_run_dev_starts_supervisord_with_the_emulator_and_stops_on_ctrl_c():
         "OLLAMA_URL": f"http://127.0.0.1:{upstream}",
         "LLM_PROXY_PORT": str(proxy),
         "LLM_MANAGEMENT_PORT": str(management),
-        "LLM_BIND_HOST": "127.0.0.1",
+        # No LLM_BIND_HOST: `make run` must listen on loopback by default (issue 28, #9).
     }
     output = run_dir / "run.log"
     with output.open("ab") as log:  # append: supervisord reopens /dev/stdout for its programs
@@ -58,6 +58,13 @@ def test_run_dev_starts_supervisord_with_the_emulator_and_stops_on_ctrl_c():
         assert requests.get(f"http://127.0.0.1:{proxy}/health/live", timeout=5).ok
         tags = requests.get(f"http://127.0.0.1:{proxy}/api/tags", timeout=5)
         assert tags.status_code == 200 and tags.json()["models"]
+        listening = {
+            (c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port in (proxy, management)
+        }
+        assert listening == {("127.0.0.1", proxy), ("127.0.0.1", management)}, listening
+        assert "listening on 127.0.0.1 (LLM_BIND_HOST)" in output.read_text()
 
         # The real supervisord, reachable with the command the script prints.
         socket_path = run_dir / "supervisor.sock"

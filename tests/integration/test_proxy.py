@@ -430,14 +430,17 @@ def test_missing_and_unknown_models_get_ollamas_answer_never_429(service, emulat
 
 
 def test_host_origin_and_authorization_are_not_forwarded(service, emulator):
+    # The service judges Host and Origin itself (access/guard.py; a public name or a foreign
+    # origin gets 403, tests/integration/test_security.py) and drops them: Ollama, listening
+    # on loopback, would refuse a container name like this one, which compose callers use.
     emulator.configure(loopback_checks=True)
     try:
         response = requests.post(
             service.proxy + "/api/generate",
             json={"model": MODEL, "prompt": "x", "stream": False},
             headers={
-                "Host": "evil.example.com",
-                "Origin": "https://evil.example.com",
+                "Host": "llm-service:11434",
+                "Origin": "http://localhost:3000",
                 "Authorization": "Bearer secret",
                 "X-Request-ID": "hygiene-1",
             },
@@ -450,4 +453,4 @@ def test_host_origin_and_authorization_are_not_forwarded(service, emulator):
     assert "X-Queue-Wait-Ms" in response.headers
     seen = upstream_connection(emulator, "hygiene-1")["headers"]
     assert seen.get("origin") is None and seen.get("authorization") is None
-    assert "evil" not in (seen.get("host") or "")
+    assert "llm-service" not in (seen.get("host") or "")

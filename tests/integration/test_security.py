@@ -236,3 +236,226 @@ def test_deeply_nested_json_is_400_not_500(secured):
         assert response.status_code == 400, (path, response.text[:200])
     proxied = requests.post(service.proxy_url + "/api/generate", data=deep, timeout=10)
     assert proxied.status_code == 400  # ours: never forwarded unadmitted (issue 28)
+
+
+# --- issue 28: cross-site requests, roles, key caps on every model-running route
+
+EVIL = "http://evil.example"
+
+
+def _never_reached_ollama(emulator, request_id: str) -> None:
+    assert emulator.connections(request_id=request_id) == [], request_id
+
+
+def test_a_cross_site_pull_is_refused_on_the_proxy_port(secured, emulator):
+    """A page on another site posting text/plain (no preflight) must not pull a model: 403,
+    as Ollama answers it directly, in every auth mode (the key check comes after)."""
+    mode, service = secured
+    response = requests.post(
+        service.proxy_url + "/api/pull",
+        data=json.dumps({"model": MODEL, "stream": False}),
+        headers={"Content-Type": "text/plain", "Origin": EVIL, "X-Request-ID": f"csrf-{mode}"},
+        timeout=10,
+    )
+    assert response.status_code == 403, response.text
+    assert response.json()["type"] == "cors_forbidden"
+    assert "Access-Control-Allow-Origin" not in response.headers
+    _never_reached_ollama(emulator, f"csrf-{mode}")
+
+
+def test_a_cross_site_session_reset_is_refused_on_the_management_port(secured, emulator):
+    mode, service = secured
+    response = requests.post(
+        service.management_url + "/api/session/reset",
+        data="{}",
+        headers={"Content-Type": "text/plain", "Origin": EVIL, "X-Request-ID": f"reset-{mode}"},
+        timeout=10,
+    )
+    assert response.status_code == 403, response.text
+    assert response.json()["type"] == "cors_forbidden"
+    _never_reached_ollama(emulator, f"reset-{mode}")
+
+
+def test_cross_site_inference_is_refused_before_the_fast_path(secured, emulator):
+    mode, service = secured
+    for path, body in (
+        ("/api/generate", {"model": MODEL, "prompt": "x", "stream": False}),
+        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}),
+    ):
+        rid = f"xsite-{mode}-{path.replace('/', '-')}"
+        response = requests.post(
+            service.proxy_url + path,
+            json=body,
+            headers={"Origin": EVIL, "X-Request-ID": rid, "X-API-Key": ADMIN_KEY},
+            timeout=10,
+        )
+        assert response.status_code == 403, (path, response.text)
+        _never_reached_ollama(emulator, rid)
+    # Preflights on the proxy port too.
+    preflight = requests.options(
+        service.proxy_url + "/api/generate",
+        headers={"Origin": EVIL, "Access-Control-Request-Method": "POST"},
+        timeout=5,
+    )
+    assert preflight.status_code == 403
+
+
+def test_a_rebound_public_host_is_refused_on_both_ports(secured, emulator):
+    mode, service = secured
+    headers = {"X-API-Key": ADMIN_KEY}
+    for base, port in ((service.proxy_url, 11434), (service.management_url, 11436)):
+        tags = requests.get(
+            base + "/api/tags",
+            headers={**headers, "Host": f"evil.example:{port}", "X-Request-ID": f"dns-{mode}"},
+            timeout=10,
+        )
+        assert tags.status_code == 403, tags.text
+        assert tags.json()["type"] == "host_forbidden"
+        generate = requests.post(
+            base + "/api/generate",
+            json={"model": MODEL, "prompt": "x", "stream": False},
+            headers={**headers, "Host": f"evil.example:{port}", "X-Request-ID": f"dns-{mode}"},
+            timeout=10,
+        )
+        assert generate.status_code == 403, generate.text
+    _never_reached_ollama(emulator, f"dns-{mode}")
+
+
+def test_callers_without_a_browser_and_allowed_browsers_keep_working(secured, emulator):
+    """curl (no Origin), n8n (a container or Service name as Host), the dashboard (an allowed
+    Origin), a local browser tool (Ollama's default origins), the status page (its own origin,
+    whatever address it was opened on)."""
+    _mode, service = secured
+    key = {"X-API-Key": ADMIN_KEY}
+    generate = {"model": MODEL, "prompt": "x", "stream": False}
+    for base, port in ((service.proxy_url, 11434), (service.management_url, 11436)):
+        cases = [
+            {},  # curl
+            {"Host": f"llm-service:{port}"},  # n8n in compose
+            {"Host": f"llm-service.default.svc.cluster.local:{port}"},  # n8n in k8s
+            {"Host": "llm-service.default.svc"},
+            {"Host": "192.168.1.20"},
+            {"Host": "localhost"},
+            {"Origin": "http://dashboard.local:3001"},  # LLM_CORS_ORIGINS
+            {"Origin": "http://localhost:5173"},  # Ollama's default origins
+            # The status page opened on the Jetson's address: its own origin.
+            {"Origin": f"http://192.168.1.20:{port}", "Host": f"192.168.1.20:{port}"},
+            {"Origin": f"http://jetson.local:{port}", "Host": f"jetson.local:{port}"},
+        ]
+        for extra in cases:
+            response = requests.post(
+                base + "/api/generate", json=generate, headers={**key, **extra}, timeout=10
+            )
+            assert response.status_code == 200, (base, extra, response.text)
+            tags = requests.get(base + "/api/tags", headers={**key, **extra}, timeout=10)
+            assert tags.status_code == 200, (base, extra, tags.text)
+            if "Origin" in extra and "Host" not in extra:
+                allowed = response.headers["Access-Control-Allow-Origin"]
+                assert allowed == extra["Origin"]
+    # The status page's own POST (an action), same origin, on the management port.
+    own = f"127.0.0.1:{service.management_port}"
+    action = requests.post(
+        service.management_url + "/api/cache/clear",
+        headers={**key, "Origin": f"http://{own}", "Host": own},
+        timeout=10,
+    )
+    assert action.status_code == 200, action.text
+
+
+UNLOAD_ALL_BODY = {"model": "", "keep_alive": 0}
+
+
+def test_unload_all_needs_the_admin_role_in_all_mode(secured, emulator):
+    mode, service = secured
+    requests.post(service.proxy_url + "/api/generate", json={"model": MODEL, "prompt": "x",
+                  "stream": False}, headers={"X-API-Key": ADMIN_KEY}, timeout=10)  # fmt: skip
+    for path in ("/api/generate", "/api/chat"):
+        for base in (service.proxy_url, service.management_url):
+            user = requests.post(base + path, json=UNLOAD_ALL_BODY,
+                                 headers={"X-API-Key": USER_KEY}, timeout=10)  # fmt: skip
+            if mode == "all":
+                assert user.status_code == 403, (path, user.text)
+                assert user.json()["type"] == "forbidden"
+            else:
+                assert user.status_code == 200, (path, user.text)
+            admin = requests.post(base + path, json=UNLOAD_ALL_BODY,
+                                  headers={"X-API-Key": ADMIN_KEY}, timeout=10)  # fmt: skip
+            assert admin.status_code == 200, (path, admin.text)
+            assert admin.json()["done_reason"] == "unload"
+    if mode == "all":
+        line = next(
+            json.loads(line[line.index("{") :])
+            for line in service.output().splitlines()
+            if '"outcome":"forbidden"' in line
+        )
+        assert line["key"] == "n8n" and line["status"] == 403
+    # The self-healing engine sends it with no key, on the management port, within 5 s.
+    anonymous = requests.post(service.management_url + "/api/generate", json=UNLOAD_ALL_BODY,
+                              timeout=5)  # fmt: skip
+    assert anonymous.status_code == (401 if mode == "all" else 200), anonymous.text
+
+
+def test_v1_infer_counts_against_the_keys_concurrency_cap(secured, emulator):
+    mode, service = secured
+    if mode == "off":
+        pytest.skip("keys are not read when auth is off")
+    emulator.reset()
+    slow(emulator, "gemma3:4b", seconds=2)
+    url = service.management_url + "/v1/infer"
+    body = {"task": "recovery_plan", "input": "CUDA out of memory", "models": ["gemma3:4b"]}
+    headers = {"Authorization": f"Bearer {CAPPED_KEY}"}
+    results: list[requests.Response] = []
+    lock = threading.Lock()
+
+    def call() -> None:
+        response = requests.post(url, json=body, headers=headers, timeout=30)
+        with lock:
+            results.append(response)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [200, 429, 429], [(r.status_code, r.text[:200]) for r in results]
+    refused = [r for r in results if r.status_code == 429]
+    assert all(r.json()["reason"] == "key_limit" for r in refused)
+    # The place is given back: the next call goes through.
+    assert requests.post(url, json=body, headers=headers, timeout=30).status_code == 200
+
+
+def test_ollamas_api_status_is_served_on_the_proxy_port(secured):
+    _mode, service = secured
+    headers = {"X-API-Key": ADMIN_KEY}
+    proxied = requests.get(service.proxy_url + "/api/status", headers=headers, timeout=10)
+    assert proxied.status_code == 200, proxied.text
+    assert proxied.json() == {"cloud": {"disabled": False, "source": "none"}}
+    assert "X-Error-Source" not in proxied.headers  # Ollama's answer, not ours
+    ours = requests.get(service.management_url + "/api/status", headers=headers, timeout=10)
+    assert ours.status_code == 200 and "cloud" not in ours.json()
+    page = requests.get(service.proxy_url + "/ui/", timeout=10)
+    assert page.status_code == 404  # the page itself stays on the management port
+
+
+@pytest.mark.parametrize("host", ["llm-service:11434", "llm-service.default.svc.cluster.local"])
+def test_the_sdks_keep_working_with_a_service_name_as_host(secured, host):
+    """The `ollama` and `openai` packages, as n8n-like callers in compose or k8s use them."""
+    import ollama
+    import openai
+
+    mode, service = secured
+    if mode != "all":
+        pytest.skip("once is enough")
+    auth = {"Authorization": f"Bearer {USER_KEY}", "Host": host}
+    client = ollama.Client(host=service.proxy_url, headers=auth)
+    assert client.generate(model=MODEL, prompt="x").response
+    assert client.list().models
+    oai = openai.OpenAI(base_url=service.proxy_url + "/v1", api_key=USER_KEY,
+                        default_headers={"Host": host}, max_retries=0)  # fmt: skip
+    reply = oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
+    assert reply.choices[0].message.content
+    refused = ollama.Client(host=service.proxy_url, headers={**auth, "Host": "evil.example"})
+    with pytest.raises(ollama.ResponseError) as err:
+        refused.list()
+    assert err.value.status_code == 403

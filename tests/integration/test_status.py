@@ -99,11 +99,16 @@ def test_healing_actions_are_logged_with_who_did_them(quiet):
 
 
 def test_status_and_page_are_on_the_management_port_only(quiet):
-    for path in ("/api/status", "/ui/", "/ui/app.js"):
+    for path in ("/ui/", "/ui/app.js"):
         on_proxy = requests.get(quiet.proxy_url + path, timeout=5)
         assert on_proxy.status_code == 404, path
         assert "management port" in on_proxy.json()["error"]
         assert requests.get(quiet.management_url + path, timeout=5).status_code == 200, path
+    # On the proxy port, /api/status is Ollama's own route (issue 28, #8).
+    ollamas = requests.get(quiet.proxy_url + "/api/status", timeout=5)
+    assert ollamas.status_code == 200 and set(ollamas.json()) == {"cloud"}
+    ours = requests.get(quiet.management_url + "/api/status", timeout=5)
+    assert ours.status_code == 200 and "telemetry" in ours.json()
 
 
 def test_page_files_need_no_key_and_carry_the_csp(quiet):

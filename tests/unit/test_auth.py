@@ -108,8 +108,8 @@ def test_per_key_cap_is_released_exactly():
 
 
 def test_cors_policy():
-    none = CorsPolicy([])
-    assert not none.enabled and not none.allows("http://x")
+    none = CorsPolicy([], ollama_defaults=False)
+    assert not none.allows("http://x") and not none.allows("http://localhost:3000")
     some = CorsPolicy(["http://dash:3001/", ""])
     assert some.allows("http://dash:3001") and not some.allows("http://other")
     assert some.response_headers("http://dash:3001")["Access-Control-Allow-Origin"] == (
@@ -131,3 +131,11 @@ def test_bounded_json():
     with pytest.raises(BadRequest, match="must be a JSON object"):
         json_object(b"[1]")
     assert json_object(b"  ", required=False) == {}
+
+
+def test_unload_all_needs_admin_only_in_all_mode():
+    assert ring("all").may_unload_all("ops")
+    assert not ring("all").may_unload_all("n8n")
+    assert not ring("all").may_unload_all(None)
+    for mode in ("management", "off"):
+        assert ring(mode).may_unload_all(None) and ring(mode).may_unload_all("n8n")
