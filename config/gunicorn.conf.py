@@ -5,6 +5,8 @@
   run more (``-w``, ``GUNICORN_CMD_ARGS``, SIGTTIN) is refused.
 * gthread: a long stream must not look like a hung worker (the sync worker kills it after
   ``timeout``), and queued or streaming requests each hold one thread, so the pool is large.
+  Our subclass (management_api/proxy/gunicorn_worker.py) reads request heads on the main loop
+  with a deadline, serves the probes on lanes of their own and bounds every write.
 * Both ports are bound by this one process; the proxy port only when the proxy is enabled.
 * Background threads start in ``post_worker_init``, after the fork, never at import.
 """
@@ -28,7 +30,7 @@ if _settings.proxy_enabled:
     bind.insert(0, f"{_settings.bind_host}:{_settings.proxy_port}")
 
 workers = 1
-worker_class = "gthread"
+worker_class = "management_api.proxy.gunicorn_worker.BoundedThreadWorker"
 threads = _settings.worker_threads
 worker_connections = max(1000, _settings.worker_threads * 4)
 backlog = 2048

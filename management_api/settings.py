@@ -234,6 +234,10 @@ SETTINGS: tuple[Setting, ...] = (
             "service logs; the Ollama log read by the health check lives here"),
     Setting("worker_threads", "LLM_WORKER_THREADS", 256, positive_int,
             "threads of the one gunicorn worker (each queued or streaming request holds one)"),
+    Setting("header_timeout_seconds", "LLM_HEADER_TIMEOUT_SECONDS", 5, positive_seconds,
+            "a connection that has not sent a whole request head this long is closed, seconds"),
+    Setting("send_timeout_seconds", "LLM_SEND_TIMEOUT_SECONDS", 60, positive_seconds,
+            "a client that takes no answer bytes this long is dropped (client_stalled), seconds"),
     Setting("upstream_connect_timeout", "LLM_UPSTREAM_CONNECT_TIMEOUT", 3, positive_seconds,
             "connect timeout of every call to Ollama, seconds"),
     Setting("upstream_read_timeout", "LLM_UPSTREAM_READ_TIMEOUT", 30, positive_seconds,
@@ -293,6 +297,8 @@ class Settings:
     tasks_file: Path
     log_dir: Path
     worker_threads: int
+    header_timeout_seconds: float
+    send_timeout_seconds: float
     upstream_connect_timeout: float
     upstream_read_timeout: float
     upstream_grace_seconds: float

@@ -47,6 +47,8 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
         "LLM_TASKS_FILE": str(tmp_path / "tasks.toml"),
         "LLM_LOG_DIR": "var/log",
         "LLM_WORKER_THREADS": "64",
+        "LLM_HEADER_TIMEOUT_SECONDS": "3",
+        "LLM_SEND_TIMEOUT_SECONDS": "45",
         "LLM_UPSTREAM_CONNECT_TIMEOUT": "1.5",
         "LLM_UPSTREAM_READ_TIMEOUT": "10",
         "LLM_UPSTREAM_GRACE_SECONDS": "0",
@@ -80,6 +82,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
     assert s.tasks_file == tmp_path / "tasks.toml"
     assert s.log_dir == PROJECT_ROOT / "var" / "log"
     assert s.worker_threads == 64
+    assert (s.header_timeout_seconds, s.send_timeout_seconds) == (3, 45)
     assert (s.upstream_connect_timeout, s.upstream_read_timeout) == (1.5, 10)
     assert s.upstream_grace_seconds == 0 and s.health_log_window == 120
     assert s.ollama_log_file == tmp_path / "ollama.log"

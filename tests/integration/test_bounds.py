@@ -1,0 +1,184 @@
+"""Careless and hostile clients against the real worker: the probe answers, slots come back.
+
+One service with a small pool (16 threads) and low bounds (2 s head timeout, 2 s send
+timeout), so every case runs in seconds: what exhausts 16 threads exhausts 256 the same way.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+
+import pytest
+import requests
+
+from tests.fake_ollama.harness import FakeOllama
+from tests.service_harness import ServiceProcess
+
+THREADS = 16
+HEADER_TIMEOUT = 2.0
+SEND_TIMEOUT = 2.0
+MODELS = ("qwen3:14b-q8", "gemma3:4b", "llama3.2:1b")
+LIMITS = """
+[defaults]
+max_concurrency = 1
+max_queue = 6
+max_wait_seconds = 30
+first_byte_timeout_seconds = 30
+idle_timeout_seconds = 30
+release_timeout_seconds = 5
+"""
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOllama]:
+    with FakeOllama(num_parallel=64, max_loaded_models=8) as emulator:
+        yield emulator
+
+
+@pytest.fixture(scope="module")
+def service(fake, tmp_path_factory) -> Iterator[ServiceProcess]:
+    state = tmp_path_factory.mktemp("bounds")
+    limits = state / "limits.toml"
+    limits.write_text(LIMITS)
+    (state / "ollama.log").write_text("")
+    env = {
+        "OLLAMA_URL": fake.url,
+        "LLM_LIMITS_FILE": str(limits),
+        "LLM_OLLAMA_LOG_FILE": str(state / "ollama.log"),
+        "LLM_WORKER_THREADS": str(THREADS),
+        "LLM_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+        "LLM_SEND_TIMEOUT_SECONDS": str(SEND_TIMEOUT),
+        "LLM_UPSTREAM_GRACE_SECONDS": "1",
+    }
+    with ServiceProcess(env=env) as process:
+        yield process
+
+
+@pytest.fixture(autouse=True)
+def _clean(fake, service) -> Iterator[None]:
+    fake.reset()
+    yield
+    service.assert_alive()
+    _wait(lambda: _totals(service)["in_flight"] == 0 and _totals(service)["queued"] == 0, 20)
+
+
+def _totals(service: ServiceProcess) -> dict:
+    return requests.get(service.management_url + "/api/limits", timeout=10).json()["totals"]
+
+
+def _wait(predicate, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if predicate():
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise AssertionError(f"condition not met within {timeout} s")
+
+
+def probe_latencies(url: str, count: int, interval: float = 0.1) -> list[float]:
+    """Seconds each ``GET /health/live`` took (a probe that fails or times out counts 5 s)."""
+    took = []
+    for _ in range(count):
+        started = time.monotonic()
+        try:
+            response = requests.get(url + "/health/live", timeout=5)
+            ok = response.status_code == 200 and response.json()["status"] == "alive"
+        except requests.RequestException:
+            ok = False
+        took.append(time.monotonic() - started if ok else 5.0)
+        time.sleep(interval)
+    return took
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
+@contextmanager
+def slowloris(port: int, count: int, gap: float = 0.5) -> Iterator[list[socket.socket]]:
+    """``count`` connections that each send a request line, then one header line every ``gap``."""
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(count)]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        for sock in socks:
+            with suppress(OSError):
+                sock.sendall(b"GET /api/tags HTTP/1.1\r\nHost: x\r\n")
+        n = 0
+        while not stop.wait(gap):
+            n += 1
+            for sock in socks:
+                with suppress(OSError):
+                    sock.sendall(b"X-Slow-%d: y\r\n" % n)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        yield socks
+    finally:
+        stop.set()
+        thread.join(5)
+        for sock in socks:
+            sock.close()
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    try:
+        sock.settimeout(0.01)
+        return sock.recv(65536) == b""
+    except (TimeoutError, BlockingIOError):
+        return False
+    except OSError:
+        return True
+
+
+def test_probe_answers_under_slowloris_and_heads_are_bounded(service):
+    with slowloris(service.management_port, THREADS * 3) as socks:
+        time.sleep(0.5)
+        took = probe_latencies(service.management_url, 15)
+        assert p99(took) < 1.0, took
+        # Still trickling, yet closed: nobody sent a whole head within the bound.
+        waited = _wait(lambda: all(_closed_by_server(s) for s in socks), HEADER_TIMEOUT + 3)
+        assert waited < HEADER_TIMEOUT + 2.5
+    # A normal request after the storm is served at once.
+    assert requests.get(service.proxy_url + "/api/tags", timeout=5).status_code == 200
+
+
+def _stream_request(url: str, model: str, out: list, timeout: float = 60) -> None:
+    try:
+        with requests.post(
+            url + "/api/generate",
+            json={"model": model, "prompt": "hold", "stream": True},
+            stream=True,
+            timeout=timeout,
+        ) as response:
+            out.append(response.status_code)
+            for _ in response.iter_content(None):
+                pass
+    except requests.RequestException as exc:
+        out.append(type(exc).__name__)
+
+
+def test_probe_answers_with_every_queue_full_and_streams_held(service, fake):
+    # 3 models x (1 running + 6 queued) + overflow: more held requests than pool threads.
+    for model in MODELS:
+        fake.set_model(model, ttft_seconds=0, tokens=20, tokens_per_second=20)
+    statuses: list = []
+    threads = [
+        threading.Thread(
+            target=_stream_request, args=(service.proxy_url, MODELS[i % 3], statuses), daemon=True
+        )
+        for i in range(THREADS * 2)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    took = probe_latencies(service.management_url, 15)
+    assert p99(took) < 1.0, took
+    for thread in threads:
+        thread.join(60)
