@@ -6,6 +6,7 @@ timeout), so every case runs in seconds: what exhausts 16 threads exhausts 256 t
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -182,3 +183,45 @@ def test_probe_answers_with_every_queue_full_and_streams_held(service, fake):
     assert p99(took) < 1.0, took
     for thread in threads:
         thread.join(60)
+
+
+def _raw_request(port: int, body: dict, *, rcvbuf: int | None = None) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf is not None:
+        # Before connect, so the window the server sees is small from the start.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    data = json.dumps(body).encode()
+    sock.sendall(
+        b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+    )
+    return sock
+
+
+def test_client_that_stops_reading_is_dropped_and_its_slot_released(service, fake):
+    model = "llama3.2:1b"
+    # A long fast stream: far more than every socket buffer on the way holds.
+    fake.set_model(model, ttft_seconds=0, tokens=200_000, tokens_per_second=100_000)
+    started = time.monotonic()
+    stalled = _raw_request(
+        service.proxy_port, {"model": model, "prompt": "never read", "stream": True}, rcvbuf=4096
+    )
+    try:
+        _wait(lambda: _totals(service)["in_flight"] == 1, 5)
+        # The next request for the model waits for that slot, and gets it once the bound hits.
+        follower: list = []
+        fake.set_model(model, ttft_seconds=0, tokens=5, tokens_per_second=1000)
+        thread = threading.Thread(
+            target=_stream_request, args=(service.proxy_url, model, follower, 30), daemon=True
+        )
+        thread.start()
+        held = _wait(lambda: _totals(service)["in_flight"] == 0 or follower, 20)
+        thread.join(20)
+        held_for = time.monotonic() - started
+        assert follower == [200]
+        assert held_for < SEND_TIMEOUT + 6, held_for
+        assert "client_stalled" in service.output()
+        print(f"non-reading client held its slot {held_for:.2f} s ({held:.2f} s after admission)")
+    finally:
+        stalled.close()
