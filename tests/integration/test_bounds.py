@@ -225,3 +225,25 @@ def test_client_that_stops_reading_is_dropped_and_its_slot_released(service, fak
         print(f"non-reading client held its slot {held_for:.2f} s ({held:.2f} s after admission)")
     finally:
         stalled.close()
+
+
+def test_client_gone_with_a_stray_byte_is_seen_gone_while_queued(service, fake):
+    model = "gemma3:4b"
+    fake.set_model(model, ttft_seconds=0, tokens=30, tokens_per_second=10)
+    holder: list = []
+    thread = threading.Thread(
+        target=_stream_request, args=(service.proxy_url, model, holder), daemon=True
+    )
+    thread.start()
+    _wait(lambda: _totals(service)["in_flight"] == 1, 5)
+    body = {"model": model, "prompt": "left with a byte behind", "stream": False}
+    sock = _raw_request(service.proxy_port, body)
+    _wait(lambda: _totals(service)["queued"] == 1, 5)
+    sock.sendall(b"\r\n")  # what some clients send after a body; then they go
+    sock.close()
+    took = _wait(lambda: _totals(service)["queued"] == 0, 5)
+    assert took < 1.0, took
+    thread.join(30)
+    assert holder == [200]
+    time.sleep(0.5)  # had it been admitted, it would reach Ollama now that the slot is free
+    assert len(fake.connections(path="/api/generate", model=model)) == 1
