@@ -14,14 +14,27 @@
 import signal
 import sys
 
+from management_api import names
 from management_api.access.auth import KeyRing, load_keys
+from management_api.proxy.limits_config import (
+    LimitsConfigError,
+    LimitsResolver,
+    check_capacity,
+    load_limits,
+)
 from management_api.settings import Settings, SettingsError
 
 try:
     _settings = Settings.load()
     KeyRing(_settings.auth_mode, load_keys(_settings.api_keys, _settings.api_keys_file))
-except SettingsError as exc:
-    # One line naming the variable and the accepted form, then stop (exit code 2 = bad config).
+    # The limits file too, before the worker forks: one that promises more waiting requests
+    # than the pool holds (or any other error in it) stops the start here, with its one line.
+    _limits = load_limits(_settings.limits_file)
+    LimitsResolver(_limits, names.normalize)
+    check_capacity(_limits, _settings.worker_threads)
+except (SettingsError, LimitsConfigError) as exc:
+    # One line naming the variable (or file and key) and the accepted form, then stop (exit
+    # code 2 = bad config).
     print(f"llm-service: configuration error: {exc}", file=sys.stderr, flush=True)
     sys.exit(2)
 

@@ -108,6 +108,7 @@ class Services:
             normalize=names.normalize,
             observer=_Observers(metrics, rejections),
             scheduler=scheduler,
+            worker_threads=settings.worker_threads,
         )
         reloader = LimitsReloader(
             settings.limits_file,

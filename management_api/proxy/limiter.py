@@ -34,6 +34,8 @@ from management_api.proxy.limits_config import (
     ModelLimits,
     ModelRule,
     Normalizer,
+    check_capacity,
+    request_capacity,
     simple_normalize,
 )
 from management_api.proxy.scheduler import Hold, ModelScheduler
@@ -305,6 +307,7 @@ class Limiter:
         observer: LimiterObserver | None = None,
         max_tracked_models: int = DEFAULT_MAX_TRACKED_MODELS,
         scheduler: ModelScheduler | None = None,
+        worker_threads: int | None = None,
     ) -> None:
         if max_tracked_models < 1:
             raise ValueError("max_tracked_models must be >= 1")
@@ -312,6 +315,12 @@ class Limiter:
         self._clock = clock
         self._observer = observer
         self._max_models = max_tracked_models
+        # Requests held at once (running + queued, all models): each holds a worker thread, so
+        # past this an arrival is refused like a full queue instead of waiting for a thread.
+        self._worker_threads = worker_threads
+        self._capacity = request_capacity(worker_threads) if worker_threads else None
+        if config is not None and worker_threads:
+            check_capacity(config, worker_threads)
         self._resolver = LimitsResolver(config if config is not None else LimitsConfig(), normalize)
         self._scheduler = scheduler if scheduler is not None else ModelScheduler(clock=clock)
         self._scheduler.configure(self._resolver.config.scheduler)
@@ -400,10 +409,10 @@ class Limiter:
             state = self._state_locked(key)
             now = self._clock()
             ticket = Ticket(self, state, next(self._seq), now)
-            admit = not state.queue and self._has_room_locked(state)
+            admit = not state.queue and self._has_room_locked(state) and not self._full_locked()
             if admit and self._may_run_locked(state, now):
                 self._admit_locked(ticket, now, events)
-            elif len(state.queue) >= state.limits.max_queue:
+            elif len(state.queue) >= state.limits.max_queue or self._full_locked():
                 self._reject_locked(ticket, QUEUE_FULL, now, events)
             else:
                 state.queue.append(ticket)
@@ -413,6 +422,11 @@ class Limiter:
         if ticket.rejection is not None:
             raise _ERROR_FOR_REASON[ticket.rejection.reason](ticket.rejection)
         return ticket
+
+    def _full_locked(self) -> bool:
+        return (
+            self._capacity is not None and self._global_in_flight + self._queued >= self._capacity
+        )
 
     def recheck(self) -> None:
         """Admit whoever the scheduler lets go now (a hold may end by time alone); blocked
@@ -637,6 +651,8 @@ class Limiter:
 
     def update_config(self, config: LimitsConfig) -> None:
         """Apply a reloaded config live (cases 2 and 7); raises ``LimitsConfigError`` unchanged."""
+        if self._worker_threads:
+            check_capacity(config, self._worker_threads)  # may raise: nothing changed yet
         resolver = LimitsResolver(config, self._normalize)  # may raise: nothing changed yet
         events: list[tuple[str, str, Any]] = []
         with self._lock:

@@ -12,12 +12,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import pytest
 import requests
 
 from tests.fake_ollama.harness import FakeOllama
-from tests.service_harness import ServiceProcess
+from tests.service_harness import ServiceProcess, run_gunicorn_expecting_exit
 
 THREADS = 16
 HEADER_TIMEOUT = 2.0
@@ -247,3 +248,49 @@ def test_client_gone_with_a_stray_byte_is_seen_gone_while_queued(service, fake):
     assert holder == [200]
     time.sleep(0.5)  # had it been admitted, it would reach Ollama now that the slot is free
     assert len(fake.connections(path="/api/generate", model=model)) == 1
+
+
+def test_a_limits_file_past_the_pool_stops_the_start_with_one_line(tmp_path):
+    limits = tmp_path / "limits.toml"
+    limits.write_text(
+        '[[models]]\nmatch = "nomic-embed-text*"\nmax_concurrency = 8\nmax_queue = 256\n'
+    )
+    done = run_gunicorn_expecting_exit({"LLM_LIMITS_FILE": str(limits)})
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "configuration error" in line]
+    assert len(lines) == 1 and "models[0].max_queue" in lines[0] and "264" in lines[0], done.stderr
+
+
+def test_a_reload_past_the_pool_keeps_the_last_good_file(service):
+    limits = Path(service.env["LLM_LIMITS_FILE"])
+    try:
+        limits.write_text("[defaults]\nmax_concurrency = 4\nmax_queue = 20\n")
+        refused = requests.post(service.management_url + "/api/limits/reload", timeout=5)
+        assert refused.status_code == 422
+        assert refused.json()["status"] == "kept"
+        assert "limits reload refused" in service.output()
+        assert "more than the worker holds" in service.output()
+        effective = requests.get(service.management_url + "/api/limits", timeout=5).json()
+        assert effective["config"]["defaults"]["max_queue"] == 6
+    finally:
+        limits.write_text(LIMITS)
+        requests.post(service.management_url + "/api/limits/reload", timeout=5)
+
+
+def test_all_models_together_hold_no_more_than_the_pool(service, fake):
+    for model in MODELS:
+        fake.set_model(model, ttft_seconds=0, tokens=30, tokens_per_second=20)
+    statuses: list = []
+    # 3 models x (1 + 6) = 21 places by the file, but the worker holds 14 (16 threads).
+    threads = [
+        threading.Thread(
+            target=_stream_request, args=(service.proxy_url, MODELS[i % 3], statuses), daemon=True
+        )
+        for i in range(21)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert statuses.count(429) == 21 - 14, statuses
+    assert statuses.count(200) == 14, statuses
