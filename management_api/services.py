@@ -133,6 +133,7 @@ class Services:
                 digest_of=catalog.digest,
                 log_served=gateway.log_served,
                 observer=metrics,
+                limiter=limiter,
             )
             gateway.response_cache = cache
         sampler = create_sampler(

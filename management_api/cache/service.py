@@ -42,8 +42,9 @@ from management_api.cache.policy import (
     task_key,
 )
 from management_api.cache.store import LruStore
-from management_api.proxy.gateway import ClientRequest, ForwardedResponse
+from management_api.proxy.gateway import ClientRequest, ForwardedResponse, concurrency_limit
 from management_api.proxy.inference import INFERENCE_ROUTES, classify, parse_body
+from management_api.proxy.limiter import FollowerPlace, Limiter, QueueFull
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,7 @@ class ResponseCache:
         observer: CacheObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
         coalesce_max_wait: float = COALESCE_MAX_WAIT_SECONDS,
+        limiter: Limiter | None = None,
     ) -> None:
         self.store = LruStore(max_bytes=max_bytes, ttl_seconds=ttl_seconds, clock=clock)
         self._digest_of = digest_of
@@ -189,6 +191,9 @@ class ResponseCache:
         self._observer = observer
         self._clock = clock
         self._coalesce_max_wait = coalesce_max_wait
+        # Waiting for an identical request takes a queue place of the model (max_queue,
+        # max_wait_seconds and the worker's capacity apply as to any queued request).
+        self._limiter = limiter
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._counts: dict[tuple[str, str], dict[str, int]] = {}
@@ -420,7 +425,17 @@ class ResponseCache:
                     break
                 flight.waiters += 1
             try:
-                answer = self._wait(flight, request, started, deadline)
+                place = self._follow(plan, request, started)
+                try:
+                    wait_until = deadline if place is None else min(deadline, place.deadline)
+                    answer = self._wait(flight, request, started, wait_until)
+                    if answer is None and place is not None and self._clock() >= place.deadline:
+                        rejection = place.timed_out().rejection
+                        self._log_rejected(request, started, rejection.reason)
+                        raise concurrency_limit(rejection, plan.intent.model or "")
+                finally:
+                    if place is not None:
+                        place.release()
             finally:
                 with self._lock:
                     flight.waiters -= 1
@@ -435,6 +450,19 @@ class ResponseCache:
             if served is not None:
                 return served
         return self._pass(plan, request, upstream, MISS, record=True, flight=flight)
+
+    def _follow(self, plan: Plan, request: ClientRequest, started: float) -> FollowerPlace | None:
+        if self._limiter is None or not plan.intent.model_key:
+            return None
+        try:
+            return self._limiter.follow(plan.intent.model_key)
+        except QueueFull as exc:
+            self._log_rejected(request, started, exc.rejection.reason)
+            raise concurrency_limit(exc.rejection, plan.intent.model or "") from None
+
+    def _log_rejected(self, request: ClientRequest, started: float, reason: str) -> None:
+        if self._log_served is not None:
+            self._log_served(request, started=started, status=429, outcome=reason)
 
     def _wait(
         self, flight: _Flight, request: ClientRequest, started: float, deadline: float

@@ -39,7 +39,13 @@ from management_api.proxy.inference import (
     classify,
     parse_body,
 )
-from management_api.proxy.limiter import AdmissionCancelled, AdmissionRejected, Limiter, Slot
+from management_api.proxy.limiter import (
+    AdmissionCancelled,
+    AdmissionRejected,
+    Limiter,
+    Rejection,
+    Slot,
+)
 from management_api.proxy.socket_watch import SocketWatcher
 from management_api.proxy.transport import (
     CLIENT_CLOSED_STATUS,
@@ -173,6 +179,25 @@ def _pull_model_key(payload: Any) -> str | None:
         return None
 
 
+def concurrency_limit(rejection: Rejection, model: str) -> errors.ConcurrencyLimit:
+    """The 429 of a refused request (queue full or waited too long), in every protocol's form."""
+    retry_after = str(rejection.retry_after_seconds)
+    return errors.ConcurrencyLimit(
+        f"model '{model}' is at its concurrency limit "
+        f"({rejection.in_flight}/{rejection.limit} running, {rejection.queued} queued): "
+        f"{rejection.reason.replace('_', ' ')}; retry after {retry_after} s",
+        headers={"Retry-After": retry_after},
+        model=model,
+        limit=rejection.limit,
+        in_flight=rejection.in_flight,
+        queued=rejection.queued,
+        reason=rejection.reason,
+        # Hermes' names for the same facts, for clients written against Hermes.
+        max_concurrency=rejection.limit,
+        current=rejection.in_flight,
+    )
+
+
 class Gateway:
     def __init__(
         self,
@@ -298,24 +323,9 @@ class Gateway:
             self._log(record, status=CLIENT_CLOSED_STATUS, outcome="client_gone_queued")
             raise ClientGone() from None
         except AdmissionRejected as exc:
-            rejection = exc.rejection
-            retry_after = str(rejection.retry_after_seconds)
-            self._log(record, status=429, outcome=rejection.reason)
+            self._log(record, status=429, outcome=exc.rejection.reason)
             model = record.intent.model if record.intent else model_key
-            raise errors.ConcurrencyLimit(
-                f"model '{model}' is at its concurrency limit "
-                f"({rejection.in_flight}/{rejection.limit} running, {rejection.queued} queued): "
-                f"{rejection.reason.replace('_', ' ')}; retry after {retry_after} s",
-                headers={"Retry-After": retry_after},
-                model=model,
-                limit=rejection.limit,
-                in_flight=rejection.in_flight,
-                queued=rejection.queued,
-                reason=rejection.reason,
-                # Hermes' names for the same facts, for clients written against Hermes.
-                max_concurrency=rejection.limit,
-                current=rejection.in_flight,
-            ) from None
+            raise concurrency_limit(exc.rejection, model) from None
         record.queue_wait = slot.queue_wait_seconds
         return slot
 

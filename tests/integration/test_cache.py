@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import ollama
 import openai
@@ -279,8 +280,24 @@ def test_delete_invalidates(svc, emulator):
     assert len(_upstream(emulator, "/api/chat")) == 2
 
 
-def test_identical_concurrent_requests_make_one_upstream_call(svc, emulator):
-    # Not in the limits file: one slot, a queue of two.
+def _set_limits(svc: ServiceProcess, text: str) -> None:
+    Path(svc.env["LLM_LIMITS_FILE"]).write_text(text)
+    reloaded = requests.post(
+        svc.management_url + "/api/limits/reload", headers={"X-API-Key": ADMIN}, timeout=5
+    )
+    assert reloaded.status_code == 200, reloaded.text
+
+
+@pytest.fixture
+def long_queue(svc):
+    # Waiting for an identical request takes a queue place like any waiting request (issue 29),
+    # so 49 followers need a queue that long.
+    _set_limits(svc, LIMITS.replace("max_queue = 2", "max_queue = 60"))
+    yield
+    _set_limits(svc, LIMITS)
+
+
+def test_identical_concurrent_requests_make_one_upstream_call(svc, emulator, long_queue):
     model = "llama3.2:latest"
     emulator.set_model(model, ttft_seconds=1.5)
     body = {"model": model, "prompt": "Write a haiku.", "options": {"temperature": 0}}
@@ -340,7 +357,7 @@ def test_a_waiting_client_that_leaves_is_dropped(svc, emulator):
     assert len(_upstream(emulator, "/api/chat")) == 1
 
 
-def test_a_failed_first_request_lets_the_next_waiter_go_upstream(svc, emulator):
+def test_a_failed_first_request_lets_the_next_waiter_go_upstream(svc, emulator, long_queue):
     emulator.set_model(CHAT_MODEL, ttft_seconds=1.0)
     emulator.fault("drop_mid_stream", route="/api/chat", after_chunks=2)
     results: dict[int, requests.Response] = {}
@@ -492,3 +509,49 @@ def test_the_flask_path_serves_hits_too(svc, emulator):
     assert [a.headers["X-Cache"] for a in answers] == ["MISS", "HIT"]
     assert answers[0].json()["response"] == answers[1].json()["response"]
     assert len(_upstream(emulator, "/api/generate")) == 1
+
+
+# --- coalesced requests wait like queued ones (issue 29)
+
+
+def test_identical_requests_past_the_queue_are_refused_like_different_ones(svc, emulator):
+    # One slot and a queue of two: the first runs, two wait for its answer, 17 are refused.
+    model = "llama3.2:latest"
+    emulator.set_model(model, ttft_seconds=1.5)
+    body = {"model": model, "prompt": "Same again.", "stream": False, "options": {"temperature": 0}}
+    start = threading.Barrier(20)
+
+    def send(_: int) -> requests.Response:
+        start.wait(10)
+        return requests.post(svc.proxy_url + "/api/generate", json=body, timeout=60)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(send, range(20)))
+    codes = [a.status_code for a in answers]
+    assert codes.count(429) == 17, codes
+    refused = [a.json() for a in answers if a.status_code == 429]
+    assert {r["reason"] for r in refused} == {"queue_full"}
+    assert all(a.headers["Retry-After"] for a in answers if a.status_code == 429)
+    assert sorted(a.headers["X-Cache"] for a in answers if a.status_code == 200) == [
+        "COALESCED",
+        "COALESCED",
+        "MISS",
+    ]
+    assert len(_upstream(emulator, "/api/generate")) == 1
+
+
+def test_a_coalesced_wait_is_bounded_by_max_wait_seconds(svc, emulator):
+    _set_limits(svc, LIMITS.replace("max_wait_seconds = 30", "max_wait_seconds = 1"))
+    try:
+        emulator.set_model(CHAT_MODEL, ttft_seconds=3.0)
+        first = ThreadPoolExecutor(1).submit(_chat, svc, "Slow and identical.")
+        emulator.wait_for(lambda: len(_upstream(emulator, "/api/chat")) == 1, timeout=10)
+        started = time.monotonic()
+        follower = _chat(svc, "Slow and identical.")
+        waited = time.monotonic() - started
+        assert follower.status_code == 429, follower.text
+        assert follower.json()["reason"] == "queue_timeout"
+        assert 0.9 <= waited < 2.5, waited
+        assert first.result(30).status_code == 200
+    finally:
+        _set_limits(svc, LIMITS)

@@ -116,7 +116,7 @@ def cache_service(emulator: FakeOllama, tmp_path_factory) -> Iterator[tuple[Serv
         "LLM_CACHE_MAX_MB": "16",
         "LLM_CACHE_TTL_SECONDS": "600",
         "LLM_MODEL_CACHE_TTL": "30",
-        "LLM_WORKER_THREADS": "64",
+        "LLM_WORKER_THREADS": "256",
     }
     with ServiceProcess(env=env) as process:
         yield process, folder
