@@ -129,6 +129,9 @@ class _Recorder:
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._shape == JSON:
+            yield from self._read_ahead()
+            return
         for chunk in self._body:
             if not self._ended and self._size <= self._limit:
                 self._size += len(chunk)
@@ -138,6 +141,33 @@ class _Recorder:
                     if finish_reason(self._kind, self._shape, body) is not None:
                         self._end(body)
             yield chunk
+
+    def _read_ahead(self) -> Iterator[bytes]:
+        """A whole JSON answer, read at Ollama's pace before this client gets any of it.
+
+        Nobody can use a JSON answer before its end, and requests waiting for the same answer
+        must not wait for this client to take it (a client that reads slowly or not at all
+        would hold them all): the answer is complete, and shared, as soon as Ollama sent it.
+        It is held once, as the recording holds it anyway; past the recording limit the rest
+        goes at the client's pace and nobody shares it.
+        """
+        body = iter(self._body)
+        held: list[bytes] = []
+        for chunk in body:
+            held.append(chunk)
+            self._size += len(chunk)
+            if self._size > self._limit:
+                break
+        else:
+            answer = b"".join(held)
+            held = [answer] if answer else []
+            if finish_reason(self._kind, self._shape, answer) is not None:
+                self._end(answer)
+        if not self._ended and self._size <= self._limit:
+            self._parts = list(held)  # close() decides what a cut or unfinished answer was
+        while held:
+            yield held.pop(0)
+        yield from body
 
     def _end(self, body: bytes | None) -> None:
         if self._ended:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -555,3 +556,30 @@ def test_a_coalesced_wait_is_bounded_by_max_wait_seconds(svc, emulator):
         assert first.result(30).status_code == 200
     finally:
         _set_limits(svc, LIMITS)
+
+
+def test_a_leader_that_never_reads_does_not_hold_its_followers(svc, emulator):
+    # ~12 MB of JSON: far more than the socket buffers between us and a client that reads nothing.
+    model = "llama3.2:1b"
+    emulator.set_model(model, ttft_seconds=0, tokens=1_000_000, tokens_per_second=10_000_000)
+    body = {"model": model, "prompt": "A big one.", "stream": False, "options": {"temperature": 0}}
+    data = json.dumps(body).encode()
+    leader = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    leader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    leader.connect(("127.0.0.1", svc.proxy_port))
+    try:
+        leader.sendall(
+            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+        )
+        emulator.wait_for(lambda: len(_upstream(emulator, "/api/generate")) == 1, timeout=10)
+        started = time.monotonic()
+        follower = requests.post(svc.proxy_url + "/api/generate", json=body, timeout=30)
+        took = time.monotonic() - started
+        assert follower.status_code == 200
+        assert follower.headers["X-Cache"] in ("COALESCED", "HIT")
+        assert json.loads(follower.content)["eval_count"] == 1_000_000
+        assert took < 5, took
+        assert len(_upstream(emulator, "/api/generate")) == 1
+    finally:
+        leader.close()
