@@ -24,7 +24,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -233,6 +233,8 @@ class Gateway:
         ) = None
         # The response cache, when LLM_CACHE_MAX_MB > 0 (set in Services.build, like unload_all).
         self.response_cache: ResponseCacheHook | None = None
+        # Names Ollama knows (last model list + configured names); set by the wiring.
+        self.known_models: Callable[[], Container[str]] | None = None
 
     def cancel_model(self, model_key: str, reason: str) -> int:
         """End every in-flight request for a model; each client gets `reason` as a terminal
@@ -287,9 +289,21 @@ class Gateway:
             record.pulling = _pull_model_key(payload)
         if intent is not None and intent.needs_admission:
             assert intent.model_key is not None
-            if self.catalog.is_installed(intent.model_key) is not False:
+            installed = self.catalog.is_installed(intent.model_key)
+            if installed is None and self._unknown(intent.model_key):
+                # Ollama cannot be asked now and never listed or configured this name: answer
+                # as Ollama would, rather than give a made-up name a queue place (and a label).
+                self._log(record, status=404, outcome="model_not_found")
+                raise errors.NotFound(f"model '{intent.model}' not found")
+            if installed is not False:
                 record.slot = self._admit(record, intent.model_key)
         return record
+
+    def _unknown(self, model_key: str) -> bool:
+        known = self.known_models
+        if known is None or not self.catalog.has_list():
+            return False  # nothing to tell a made-up name from a real one yet
+        return model_key not in known()
 
     def open(
         self, admission: Admission, *, first_byte_timeout: float | None = None

@@ -370,6 +370,10 @@ class Limiter:
     def config(self) -> LimitsConfig:
         return self._resolver.config
 
+    def configured_models(self) -> tuple[str, ...]:
+        """Normalised names the limits file names exactly (globs are not names)."""
+        return self._resolver.exact_models
+
     @property
     def scheduler(self) -> ModelScheduler:
         return self._scheduler

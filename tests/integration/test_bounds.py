@@ -7,6 +7,7 @@ timeout), so every case runs in seconds: what exhausts 16 threads exhausts 256 t
 from __future__ import annotations
 
 import json
+import re
 import socket
 import threading
 import time
@@ -55,6 +56,7 @@ def service(fake, tmp_path_factory) -> Iterator[ServiceProcess]:
         "LLM_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
         "LLM_SEND_TIMEOUT_SECONDS": str(SEND_TIMEOUT),
         "LLM_UPSTREAM_GRACE_SECONDS": "1",
+        "LLM_MODEL_CACHE_TTL": "1",
     }
     with ServiceProcess(env=env) as process:
         yield process
@@ -294,3 +296,44 @@ def test_all_models_together_hold_no_more_than_the_pool(service, fake):
         thread.join(60)
     assert statuses.count(429) == 21 - 14, statuses
     assert statuses.count(200) == 14, statuses
+
+
+def _model_labels(service: ServiceProcess) -> set[str]:
+    text = requests.get(service.management_url + "/metrics", timeout=10).text
+    return set(re.findall(r'model="([^"]*)"', text))
+
+
+def test_metric_labels_stay_bounded_under_made_up_names(service, fake):
+    fake.set_model("llama3.2:1b", ttft_seconds=0, tokens=2, tokens_per_second=1000)
+    for i in range(200):
+        body = {"task": "expand_queries", "input": "x", "models": [f"v{i}://llama3.2:1b"]}
+        answer = requests.post(service.management_url + "/v1/infer", json=body, timeout=30)
+        assert answer.status_code in (200, 400), answer.text  # the emulator may refuse the form
+    labels = _model_labels(service)
+    assert not [label for label in labels if "://" in label], labels
+    print(f"model label values after 200 made-up names: {len(labels)}: {sorted(labels)}")
+    assert len(labels) <= 8, labels
+
+
+def test_a_made_up_name_is_refused_while_the_catalog_is_stale(service, fake):
+    answer = requests.post(service.proxy_url + "/api/generate",
+                           json={"model": "llama3.2:1b", "prompt": "x", "stream": False},
+                           timeout=30)  # fmt: skip
+    assert answer.status_code == 200
+    fake.fault("status", route="/api/tags", status=500, times=10_000)
+    try:
+        time.sleep(1.2)  # past the catalog's lifetime: the list it has is stale now
+        for i in range(50):
+            made_up = requests.post(service.proxy_url + "/api/generate",
+                                    json={"model": f"madeup{i}:1b", "prompt": "x"},
+                                    timeout=30)  # fmt: skip
+            assert made_up.status_code == 404, made_up.text
+            assert made_up.json()["error"] == f"model 'madeup{i}:1b' not found"
+        assert not [label for label in _model_labels(service) if label.startswith("madeup")]
+        # A model it listed is still served (the stale list says it is installed).
+        again = requests.post(service.proxy_url + "/api/generate",
+                              json={"model": "llama3.2:1b", "prompt": "x", "stream": False},
+                              timeout=30)  # fmt: skip
+        assert again.status_code == 200
+    finally:
+        fake.clear_faults()
