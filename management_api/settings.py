@@ -95,6 +95,14 @@ def non_negative_number(variable: str, raw: object) -> float:
     return value
 
 
+def positive_number(variable: str, raw: object) -> float:
+    accepted = "a number greater than 0"
+    value = _number(variable, raw, accepted)
+    if value <= 0:
+        raise _invalid(variable, raw, accepted)
+    return value
+
+
 def _integer(variable: str, raw: object, accepted: str, minimum: int) -> int:
     if isinstance(raw, bool):
         raise _invalid(variable, raw, accepted)
@@ -268,6 +276,8 @@ SETTINGS: tuple[Setting, ...] = (
             "browser origins allowed by CORS, separated by commas"),
     Setting("max_body_mb", "LLM_MAX_BODY_MB", 64, positive_int,
             "largest accepted request body, MB"),
+    Setting("infer_max_input_mb", "LLM_INFER_MAX_INPUT_MB", 8, positive_number,
+            "largest accepted POST /v1/infer body, MB (each model of the task is sent it)"),
     Setting("import_dir", "LLM_IMPORT_DIR", None, path_value,
             "folder whose *.gguf files are imported as models at start"),
     Setting("cache_max_mb", "LLM_CACHE_MAX_MB", 0, non_negative_number,
@@ -314,6 +324,7 @@ class Settings:
     api_keys_file: Path | None
     cors_origins: tuple[str, ...]
     max_body_mb: int
+    infer_max_input_mb: float
     import_dir: Path | None
     cache_max_mb: float
     cache_ttl_seconds: float

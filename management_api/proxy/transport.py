@@ -271,6 +271,15 @@ class ConnectionPool:
                 return
 
 
+class BodyParts(tuple):
+    """A request body held as pieces, sent one after the other; re-sendable like bytes (a retry
+    while Ollama restarts sends it again). Lets requests share a large piece, not copy it."""
+
+    @property
+    def length(self) -> int:
+        return sum(map(len, self))
+
+
 def request_head(
     method: str, target: str, host: str, headers: dict[str, str], content_length: int | None
 ) -> bytes:
@@ -350,12 +359,15 @@ class UpstreamExchange:
         gets a fresh connection and is never re-sent.
         """
         deadline = self.clock() + self.grace_seconds
-        replayable = body is None or isinstance(body, bytes)
+        replayable = body is None or isinstance(body, bytes | BodyParts)
         # The fd another thread writes to wake the request thread (a cancel); set before the
         # first wait, read by abort() after it set `cancelled` (one of them sees the other).
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.method = method
-        if isinstance(body, bytes) or body is None:
+        if isinstance(body, BodyParts):
+            headers.pop("Content-Length", None)
+            length = body.length
+        elif isinstance(body, bytes) or body is None:
             length = len(body) if body is not None else None
             if length is None and method in ("POST", "PUT", "PATCH"):
                 length = 0

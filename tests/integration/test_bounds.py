@@ -337,3 +337,63 @@ def test_a_made_up_name_is_refused_while_the_catalog_is_stale(service, fake):
         assert again.status_code == 200
     finally:
         fake.clear_faults()
+
+
+def _worker_pid(master: int) -> int:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    assert len(children) == 1, children
+    return int(children[0])
+
+
+def _vm_hwm_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+INFER_MODELS = ["llama3.2:1b", "gemma3:4b", "qwen3:14b-q8", "llama3.2:latest"]
+
+
+def _infer_peak_growth(fake: FakeOllama, folder: Path, models: list[str]) -> tuple[int, int]:
+    """How much a fresh worker's peak (VmHWM) grows for one /v1/infer with an 8 MB input."""
+    folder.mkdir()
+    (folder / "limits.toml").write_text("[defaults]\nmax_concurrency = 4\nmax_queue = 8\n")
+    env = {
+        "OLLAMA_URL": fake.url,
+        "LLM_LIMITS_FILE": str(folder / "limits.toml"),
+        "LLM_OLLAMA_LOG_FILE": str(folder / "ollama.log"),
+        "LLM_INFER_MAX_INPUT_MB": "8",
+    }
+    json_type = {"Content-Type": "application/json"}
+    with ServiceProcess(env=env) as service:
+        worker = _worker_pid(service.process.pid)
+        small = {"task": "enrich_metadata", "input": "warm up", "models": models}
+        warm = requests.post(service.management_url + "/v1/infer", json=small, timeout=30)
+        # Every model is asked and answers (the emulator's answer is not the task's JSON: 502).
+        assert warm.status_code in (200, 502), warm.text
+        before = _vm_hwm_bytes(worker)
+        text = "é" * (4 * 1024 * 1024 - 100)  # 8 MB of UTF-8 in the body, 4 Mi characters
+        body = json.dumps({"task": "enrich_metadata", "input": text, "models": models},
+                          ensure_ascii=False).encode()  # fmt: skip
+        answer = requests.post(service.management_url + "/v1/infer", data=body, timeout=60,
+                               headers=json_type)  # fmt: skip
+        assert answer.status_code in (200, 502), answer.text[:300]
+        grown = _vm_hwm_bytes(worker) - before
+        too_big = requests.post(service.management_url + "/v1/infer", data=body + b" " * 2**20,
+                                headers=json_type, timeout=30)  # fmt: skip
+        assert too_big.status_code == 413
+        assert "LLM_INFER_MAX_INPUT_MB" in too_big.json()["error"]
+    return grown, len(body)
+
+
+def test_infer_has_its_own_input_cap_and_memory_does_not_grow_per_model(fake, tmp_path):
+    for model in INFER_MODELS:
+        # Slow enough that every branch's request is alive at once, as on a real node.
+        fake.set_model(model, ttft_seconds=1.0, tokens=8, tokens_per_second=1000)
+    one, size = _infer_peak_growth(fake, tmp_path / "one", INFER_MODELS[:1])
+    four, _ = _infer_peak_growth(fake, tmp_path / "four", INFER_MODELS)
+    print(f"worker peak grew {one / 2**20:.0f} MB (1 model), {four / 2**20:.0f} MB (4 models) "
+          f"for a {size / 2**20:.1f} MB body")  # fmt: skip
+    # The prompt is encoded once and shared: three more models cost less than the body thrice.
+    assert four - one <= 3 * size, (one, four)

@@ -64,6 +64,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
         "LLM_API_KEYS_FILE": str(tmp_path / "keys"),
         "LLM_CORS_ORIGINS": "http://localhost:3001,http://dashboard:3001",
         "LLM_MAX_BODY_MB": "8",
+        "LLM_INFER_MAX_INPUT_MB": "2.5",
         "LLM_IMPORT_DIR": str(tmp_path / "gguf"),
         "LLM_CACHE_MAX_MB": "128.5",
         "LLM_CACHE_TTL_SECONDS": "60",
@@ -93,6 +94,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
     assert s.api_keys == ("ops:k1:admin", "n8n:k2:user")
     assert s.api_keys_file == tmp_path / "keys"
     assert s.cors_origins == ("http://localhost:3001", "http://dashboard:3001")
+    assert s.infer_max_input_mb == 2.5
     assert s.max_body_mb == 8 and s.import_dir == tmp_path / "gguf"
     assert s.supervisor_socket == tmp_path / "supervisor.sock"
     assert (s.cache_max_mb, s.cache_ttl_seconds) == (128.5, 60)
