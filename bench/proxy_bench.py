@@ -32,15 +32,17 @@ from tests.service_harness import ROOT, ServiceProcess, free_port
 
 RESULTS = Path(__file__).resolve().parent / "results" / "proxy.json"
 MODEL = "llama3.2:latest"
+# Queues as long as the connections held ({hold}); the worker gets threads for all of them
+# (concurrency + queue may not exceed what it holds: see limits_config.check_capacity).
 LIMITS = """
 [defaults]
 max_concurrency = 64
-max_queue = 2000
+max_queue = {hold}
 max_wait_seconds = 600
 [[models]]
 match = "qwen3:14b-q8"
 max_concurrency = 16
-max_queue = 2000
+max_queue = {hold}
 [[models]]
 match = "gemma3:4b"
 max_concurrency = 1
@@ -231,13 +233,13 @@ def main() -> int:
     hold = 200 if args.quick else 1000
 
     limits = Path(tempfile.mkdtemp()) / "limits.toml"
-    limits.write_text(LIMITS)
+    limits.write_text(LIMITS.format(hold=hold))
     with FakeOllama(num_parallel=64, ttft_seconds=0, load_seconds=0) as emulator:
         emulator.set_model(MODEL, tokens=1, tokens_per_second=100000, ttft_seconds=0)
         env = {
             "OLLAMA_URL": emulator.url,
             "LLM_LIMITS_FILE": str(limits),
-            "LLM_WORKER_THREADS": str(hold + 64),
+            "LLM_WORKER_THREADS": str(2 * hold + 128),
         }
         with ServiceProcess(env=env) as service, LeanPassthrough(emulator.url) as lean:
             urls = {"direct": emulator.url, "proxy": service.proxy_url, "lean": lean.url}

@@ -37,7 +37,7 @@ def limits_text(policy: str, max_hold_seconds: float = 20) -> str:
     return f"""
 [defaults]
 max_concurrency = 1
-max_queue = 500
+max_queue = 200
 max_wait_seconds = 600
 [scheduler]
 policy = "{policy}"

@@ -5,6 +5,8 @@
   run more (``-w``, ``GUNICORN_CMD_ARGS``, SIGTTIN) is refused.
 * gthread: a long stream must not look like a hung worker (the sync worker kills it after
   ``timeout``), and queued or streaming requests each hold one thread, so the pool is large.
+  Our subclass (management_api/proxy/gunicorn_worker.py) reads request heads on the main loop
+  with a deadline, serves the probes on lanes of their own and bounds every write.
 * Both ports are bound by this one process; the proxy port only when the proxy is enabled.
 * Background threads start in ``post_worker_init``, after the fork, never at import.
 """
@@ -12,14 +14,27 @@
 import signal
 import sys
 
+from management_api import names
 from management_api.access.auth import KeyRing, load_keys
+from management_api.proxy.limits_config import (
+    LimitsConfigError,
+    LimitsResolver,
+    check_capacity,
+    load_limits,
+)
 from management_api.settings import Settings, SettingsError
 
 try:
     _settings = Settings.load()
     KeyRing(_settings.auth_mode, load_keys(_settings.api_keys, _settings.api_keys_file))
-except SettingsError as exc:
-    # One line naming the variable and the accepted form, then stop (exit code 2 = bad config).
+    # The limits file too, before the worker forks: one that promises more waiting requests
+    # than the pool holds (or any other error in it) stops the start here, with its one line.
+    _limits = load_limits(_settings.limits_file)
+    LimitsResolver(_limits, names.normalize)
+    check_capacity(_limits, _settings.worker_threads)
+except (SettingsError, LimitsConfigError) as exc:
+    # One line naming the variable (or file and key) and the accepted form, then stop (exit
+    # code 2 = bad config).
     print(f"llm-service: configuration error: {exc}", file=sys.stderr, flush=True)
     sys.exit(2)
 
@@ -28,7 +43,7 @@ if _settings.proxy_enabled:
     bind.insert(0, f"{_settings.bind_host}:{_settings.proxy_port}")
 
 workers = 1
-worker_class = "gthread"
+worker_class = "management_api.proxy.gunicorn_worker.BoundedThreadWorker"
 threads = _settings.worker_threads
 worker_connections = max(1000, _settings.worker_threads * 4)
 backlog = 2048

@@ -3,19 +3,21 @@
 Event-driven series (queue waits, request durations, time to first byte, tokens) are fed by the
 limiter's and the gateway's observer hooks. State series (in-flight, queued, limits, telemetry,
 Ollama up, pull jobs) are read from the services at scrape time by `StateCollector`, so they are
-never stale and cost nothing between scrapes. Label values are bounded: model labels come only
-from admitted (validated, installed) models; routes from a fixed list.
+never stale and cost nothing between scrapes. Label values are bounded: a model label is a name
+Ollama knows (installed, or named in the limits or tasks file), in canonical form; any other
+name counts under ``other``. Routes come from a fixed list.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from management_api import names
 from management_api.proxy.inference import INFERENCE_ROUTES, MUTATION_ROUTES
 from management_api.proxy.limiter import WAIT_BUCKETS
 
@@ -23,8 +25,21 @@ PREFIX = "llm_service"
 KNOWN_ROUTES = frozenset(INFERENCE_ROUTES) | MUTATION_ROUTES | {
     "/api/tags", "/api/ps", "/api/show", "/api/version", "/v1/models",
 }  # fmt: skip
+OTHER_MODEL = "other"
+KnownModels = Callable[[], Container[str]]
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+
+def model_label(model: str, known: KnownModels | None) -> str:
+    """The canonical name when Ollama knows it, else ``other`` (no ``known``: the name)."""
+    if known is None:
+        return model
+    try:
+        key = names.normalize(model)
+    except ValueError:
+        return OTHER_MODEL
+    return key if key in known() else OTHER_MODEL
 
 
 def _route_label(path: str) -> str:
@@ -38,7 +53,9 @@ def _route_label(path: str) -> str:
 class Metrics:
     """The registry plus the observer hooks the limiter and the gateway call."""
 
-    def __init__(self) -> None:
+    def __init__(self, known_models: KnownModels | None = None) -> None:
+        # Set after construction when the catalog and config files exist (see services.py).
+        self.known_models = known_models
         self.registry = CollectorRegistry(auto_describe=True)
         self.queue_wait = Histogram(
             f"{PREFIX}_queue_wait_seconds", "Time admitted requests waited for a slot",
@@ -95,13 +112,16 @@ class Metrics:
             ["task"], buckets=(0.2, 0.34, 0.5, 0.67, 0.75, 0.9, 1.0), registry=self.registry,
         )  # fmt: skip
 
+    def model_label(self, model: str) -> str:
+        return model_label(model, self.known_models)
+
     # TaskObserver
     def on_infer_done(self, task: str, strategy: str, outcome: str, seconds: float) -> None:
         self.infer_requests.labels(task, strategy, outcome).inc()
         self.infer_duration.labels(task, strategy).observe(seconds)
 
     def on_branch_done(self, task: str, model: str, role: str, outcome: str) -> None:
-        self.branches.labels(task, model, role, outcome).inc()
+        self.branches.labels(task, self.model_label(model), role, outcome).inc()
 
     def on_hedge(self, task: str, outcome: str) -> None:
         self.hedges.labels(task, outcome).inc()
@@ -111,17 +131,17 @@ class Metrics:
 
     # LimiterObserver
     def on_admit(self, model: str, wait_s: float) -> None:
-        self.queue_wait.labels(model).observe(wait_s)
+        self.queue_wait.labels(self.model_label(model)).observe(wait_s)
 
     # CacheObserver (cache/service.py); routes are inference routes only: a bounded label
     def on_cache_result(self, route: str, result: str) -> None:
         self.cache_requests.labels(route, result.lower()).inc()  # hit, miss, bypass, coalesced
 
     def on_held(self, model: str, held_s: float) -> None:
-        self.held.labels(model).observe(held_s)
+        self.held.labels(self.model_label(model)).observe(held_s)
 
     def on_swap(self, model: str, evicted: tuple[str, ...]) -> None:
-        self.swaps.labels(model).inc()
+        self.swaps.labels(self.model_label(model)).inc()
 
     # RequestObserver
     def on_request_done(self, record: dict[str, Any]) -> None:
@@ -133,7 +153,7 @@ class Metrics:
             self.ttfb.labels(route).observe(record["ttfb_ms"] / 1000)
         model_key = record.get("model_key")
         if model_key and isinstance(record.get("eval_count"), int):
-            self.tokens.labels(model_key).inc(record["eval_count"])
+            self.tokens.labels(self.model_label(model_key)).inc(record["eval_count"])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -192,7 +212,9 @@ class StateCollector(Collector):
         pulls: Callable[[], dict[str, int]] | None = None,
         breakers: Callable[[], dict[str, dict[str, Any]]] | None = None,
         cache: Callable[[], tuple[int, int]] | None = None,
+        known_models: KnownModels | None = None,
     ) -> None:
+        self._known_models = known_models
         self._limiter_snapshot = limiter_snapshot
         self._telemetry = telemetry
         self._ollama_up = ollama_up
@@ -250,14 +272,27 @@ class StateCollector(Collector):
             f"{PREFIX}_rejected", "Requests refused per model and reason",
             labels=["model", "reason"],
         )  # fmt: skip
+        other: dict[str, Any] = {"in_flight": 0, "queued": 0, "admitted": 0, "rejected": {}}
         for entry in snapshot.get("models", []):
-            model = entry["model"]
+            model = model_label(entry["model"], self._known_models)
+            if model == OTHER_MODEL:  # summed into one row below
+                for key in ("in_flight", "queued", "admitted"):
+                    other[key] += entry[key]
+                for reason, count in entry["rejected"].items():
+                    other["rejected"][reason] = other["rejected"].get(reason, 0) + count
+                continue
             gauges["in_flight"].add_metric([model], entry["in_flight"])
             gauges["queued"].add_metric([model], entry["queued"])
             gauges["max_concurrency"].add_metric([model], entry["limits"]["max_concurrency"])
             admitted.add_metric([model], entry["admitted"])
             for reason, count in entry["rejected"].items():
                 rejected.add_metric([model, reason], count)
+        if other["rejected"] or other["admitted"] or other["in_flight"] or other["queued"]:
+            gauges["in_flight"].add_metric([OTHER_MODEL], other["in_flight"])
+            gauges["queued"].add_metric([OTHER_MODEL], other["queued"])
+            admitted.add_metric([OTHER_MODEL], other["admitted"])
+            for reason, count in other["rejected"].items():
+                rejected.add_metric([OTHER_MODEL, reason], count)
         yield from gauges.values()
         yield admitted
         yield rejected

@@ -108,6 +108,7 @@ class Services:
             normalize=names.normalize,
             observer=_Observers(metrics, rejections),
             scheduler=scheduler,
+            worker_threads=settings.worker_threads,
         )
         reloader = LimitsReloader(
             settings.limits_file,
@@ -133,6 +134,7 @@ class Services:
                 log_served=gateway.log_served,
                 observer=metrics,
                 shared_across_keys=settings.cache_shared_across_keys,
+                limiter=limiter,
             )
             gateway.response_cache = cache
         sampler = create_sampler(
@@ -177,6 +179,9 @@ class Services:
         orchestrator = Orchestrator(
             gateway=gateway, limiter=limiter, catalog=catalog, breakers=breakers, observer=metrics
         )
+        known_models = _KnownModels(catalog, limiter, tasks)
+        metrics.known_models = known_models
+        gateway.known_models = known_models
         metrics.registry.register(
             StateCollector(
                 limiter_snapshot=limiter.snapshot,
@@ -185,6 +190,7 @@ class Services:
                 pulls=pulls.counts,
                 breakers=breakers.snapshot,
                 cache=cache.store.counts if cache is not None else None,
+                known_models=known_models,
             )
         )
         services = cls(
@@ -331,3 +337,33 @@ def _physical_memory_bytes() -> int | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+class _KnownModels:
+    """The names Ollama knows, for metric labels and for refusing made-up names: the last model
+    list (fresh or stale) plus every name the limits and tasks files configure."""
+
+    def __init__(self, catalog: Catalog, limiter: Limiter, tasks: TasksReloader) -> None:
+        self._catalog = catalog
+        self._limiter = limiter
+        self._tasks = tasks
+        self._configured: tuple[object, object, frozenset[str]] | None = None
+
+    def __call__(self) -> frozenset[str]:
+        return self._catalog.known_keys() | self._configured_names()
+
+    def _configured_names(self) -> frozenset[str]:
+        limits, tasks = self._limiter.config, self._tasks.current
+        cached = self._configured
+        if cached is not None and cached[0] is limits and cached[1] is tasks:
+            return cached[2]
+        found = set(self._limiter.configured_models())
+        for task in tasks.tasks.values():
+            for model in task.models:
+                try:
+                    found.add(names.normalize(model))
+                except ValueError:
+                    continue
+        configured = frozenset(found)
+        self._configured = (limits, tasks, configured)
+        return configured

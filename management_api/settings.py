@@ -95,6 +95,14 @@ def non_negative_number(variable: str, raw: object) -> float:
     return value
 
 
+def positive_number(variable: str, raw: object) -> float:
+    accepted = "a number greater than 0"
+    value = _number(variable, raw, accepted)
+    if value <= 0:
+        raise _invalid(variable, raw, accepted)
+    return value
+
+
 def _integer(variable: str, raw: object, accepted: str, minimum: int) -> int:
     if isinstance(raw, bool):
         raise _invalid(variable, raw, accepted)
@@ -234,6 +242,10 @@ SETTINGS: tuple[Setting, ...] = (
             "service logs; the Ollama log read by the health check lives here"),
     Setting("worker_threads", "LLM_WORKER_THREADS", 256, positive_int,
             "threads of the one gunicorn worker (each queued or streaming request holds one)"),
+    Setting("header_timeout_seconds", "LLM_HEADER_TIMEOUT_SECONDS", 5, positive_seconds,
+            "a connection that has not sent a whole request head this long is closed, seconds"),
+    Setting("send_timeout_seconds", "LLM_SEND_TIMEOUT_SECONDS", 60, positive_seconds,
+            "a client that takes no answer bytes this long is dropped (client_stalled), seconds"),
     Setting("upstream_connect_timeout", "LLM_UPSTREAM_CONNECT_TIMEOUT", 3, positive_seconds,
             "connect timeout of every call to Ollama, seconds"),
     Setting("upstream_read_timeout", "LLM_UPSTREAM_READ_TIMEOUT", 30, positive_seconds,
@@ -268,6 +280,8 @@ SETTINGS: tuple[Setting, ...] = (
             "public Host names the service answers (.example.com: with subdomains; *: any)"),
     Setting("max_body_mb", "LLM_MAX_BODY_MB", 64, positive_int,
             "largest accepted request body, MB"),
+    Setting("infer_max_input_mb", "LLM_INFER_MAX_INPUT_MB", 8, positive_number,
+            "largest accepted POST /v1/infer body, MB (each model of the task is sent it)"),
     Setting("import_dir", "LLM_IMPORT_DIR", None, path_value,
             "folder whose *.gguf files are imported as models at start"),
     Setting("cache_max_mb", "LLM_CACHE_MAX_MB", 0, non_negative_number,
@@ -300,6 +314,8 @@ class Settings:
     tasks_file: Path
     log_dir: Path
     worker_threads: int
+    header_timeout_seconds: float
+    send_timeout_seconds: float
     upstream_connect_timeout: float
     upstream_read_timeout: float
     upstream_grace_seconds: float
@@ -317,6 +333,7 @@ class Settings:
     ollama_origins: tuple[str, ...]
     allowed_hosts: tuple[str, ...]
     max_body_mb: int
+    infer_max_input_mb: float
     import_dir: Path | None
     cache_max_mb: float
     cache_ttl_seconds: float

@@ -42,8 +42,9 @@ from management_api.cache.policy import (
     task_key,
 )
 from management_api.cache.store import LruStore
-from management_api.proxy.gateway import ClientRequest, ForwardedResponse
-from management_api.proxy.inference import INFERENCE_ROUTES, classify
+from management_api.proxy.gateway import ClientRequest, ForwardedResponse, concurrency_limit
+from management_api.proxy.inference import INFERENCE_ROUTES, classify, parse_body
+from management_api.proxy.limiter import FollowerPlace, Limiter, QueueFull
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,9 @@ class _Recorder:
         self._closed = False
 
     def __iter__(self) -> Iterator[bytes]:
+        if self._shape == JSON:
+            yield from self._read_ahead()
+            return
         for chunk in self._body:
             if not self._ended and self._size <= self._limit:
                 self._size += len(chunk)
@@ -137,6 +141,33 @@ class _Recorder:
                     if finish_reason(self._kind, self._shape, body) is not None:
                         self._end(body)
             yield chunk
+
+    def _read_ahead(self) -> Iterator[bytes]:
+        """A whole JSON answer, read at Ollama's pace before this client gets any of it.
+
+        Nobody can use a JSON answer before its end, and requests waiting for the same answer
+        must not wait for this client to take it (a client that reads slowly or not at all
+        would hold them all): the answer is complete, and shared, as soon as Ollama sent it.
+        It is held once, as the recording holds it anyway; past the recording limit the rest
+        goes at the client's pace and nobody shares it.
+        """
+        body = iter(self._body)
+        held: list[bytes] = []
+        for chunk in body:
+            held.append(chunk)
+            self._size += len(chunk)
+            if self._size > self._limit:
+                break
+        else:
+            answer = b"".join(held)
+            held = [answer] if answer else []
+            if finish_reason(self._kind, self._shape, answer) is not None:
+                self._end(answer)
+        if not self._ended and self._size <= self._limit:
+            self._parts = list(held)  # close() decides what a cut or unfinished answer was
+        while held:
+            yield held.pop(0)
+        yield from body
 
     def _end(self, body: bytes | None) -> None:
         if self._ended:
@@ -183,6 +214,7 @@ class ResponseCache:
         clock: Callable[[], float] = time.monotonic,
         coalesce_max_wait: float = COALESCE_MAX_WAIT_SECONDS,
         shared_across_keys: bool = False,
+        limiter: Limiter | None = None,
     ) -> None:
         # Per API key unless shared: a HIT would tell one key what another key asked.
         self.shared_across_keys = shared_across_keys
@@ -192,6 +224,9 @@ class ResponseCache:
         self._observer = observer
         self._clock = clock
         self._coalesce_max_wait = coalesce_max_wait
+        # Waiting for an identical request takes a queue place of the model (max_queue,
+        # max_wait_seconds and the worker's capacity apply as to any queued request).
+        self._limiter = limiter
         self._lock = threading.Lock()
         self._flights: dict[str, _Flight] = {}
         self._counts: dict[tuple[str, str], dict[str, int]] = {}
@@ -430,7 +465,17 @@ class ResponseCache:
                     break
                 flight.waiters += 1
             try:
-                answer = self._wait(flight, request, started, deadline)
+                place = self._follow(plan, request, started)
+                try:
+                    wait_until = deadline if place is None else min(deadline, place.deadline)
+                    answer = self._wait(flight, request, started, wait_until)
+                    if answer is None and place is not None and self._clock() >= place.deadline:
+                        rejection = place.timed_out().rejection
+                        self._log_rejected(request, started, rejection.reason)
+                        raise concurrency_limit(rejection, plan.intent.model or "")
+                finally:
+                    if place is not None:
+                        place.release()
             finally:
                 with self._lock:
                     flight.waiters -= 1
@@ -445,6 +490,19 @@ class ResponseCache:
             if served is not None:
                 return served
         return self._pass(plan, request, upstream, MISS, record=True, flight=flight)
+
+    def _follow(self, plan: Plan, request: ClientRequest, started: float) -> FollowerPlace | None:
+        if self._limiter is None or not plan.intent.model_key:
+            return None
+        try:
+            return self._limiter.follow(plan.intent.model_key)
+        except QueueFull as exc:
+            self._log_rejected(request, started, exc.rejection.reason)
+            raise concurrency_limit(exc.rejection, plan.intent.model or "") from None
+
+    def _log_rejected(self, request: ClientRequest, started: float, reason: str) -> None:
+        if self._log_served is not None:
+            self._log_served(request, started=started, status=429, outcome=reason)
 
     def _wait(
         self, flight: _Flight, request: ClientRequest, started: float, deadline: float

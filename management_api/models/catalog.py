@@ -223,6 +223,16 @@ class Catalog:
     def age_seconds(self, view: CatalogView) -> float:
         return max(0.0, self._clock() - view.fetched_at)
 
+    def known_keys(self) -> frozenset[str]:
+        """Normalised names of the last model list Ollama gave (fresh or stale); never waits."""
+        with self._lock:
+            return self._keys
+
+    def has_list(self) -> bool:
+        """Whether Ollama ever gave a model list (so a name missing from it is unknown)."""
+        with self._lock:
+            return self._last_good is not None or self._view is not None
+
     def is_installed(self, model_key: str) -> bool | None:
         """Whether a normalised name is installed; None when Ollama cannot tell us now.
 

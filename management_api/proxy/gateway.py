@@ -24,7 +24,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,7 +43,13 @@ from management_api.proxy.inference import (
     read_body,
     read_form,
 )
-from management_api.proxy.limiter import AdmissionCancelled, AdmissionRejected, Limiter, Slot
+from management_api.proxy.limiter import (
+    AdmissionCancelled,
+    AdmissionRejected,
+    Limiter,
+    Rejection,
+    Slot,
+)
 from management_api.proxy.socket_watch import SocketWatcher
 from management_api.proxy.target import wire_path
 from management_api.proxy.transport import (
@@ -184,6 +190,25 @@ def _pull_model_key(payload: Any) -> str | None:
         return None
 
 
+def concurrency_limit(rejection: Rejection, model: str) -> errors.ConcurrencyLimit:
+    """The 429 of a refused request (queue full or waited too long), in every protocol's form."""
+    retry_after = str(rejection.retry_after_seconds)
+    return errors.ConcurrencyLimit(
+        f"model '{model}' is at its concurrency limit "
+        f"({rejection.in_flight}/{rejection.limit} running, {rejection.queued} queued): "
+        f"{rejection.reason.replace('_', ' ')}; retry after {retry_after} s",
+        headers={"Retry-After": retry_after},
+        model=model,
+        limit=rejection.limit,
+        in_flight=rejection.in_flight,
+        queued=rejection.queued,
+        reason=rejection.reason,
+        # Hermes' names for the same facts, for clients written against Hermes.
+        max_concurrency=rejection.limit,
+        current=rejection.in_flight,
+    )
+
+
 class Gateway:
     def __init__(
         self,
@@ -222,6 +247,8 @@ class Gateway:
         self.may_unload_all: Callable[[str | None], bool] | None = None
         # The response cache, when LLM_CACHE_MAX_MB > 0 (set in Services.build, like unload_all).
         self.response_cache: ResponseCacheHook | None = None
+        # Names Ollama knows (last model list + configured names); set by the wiring.
+        self.known_models: Callable[[], Container[str]] | None = None
 
     def cancel_model(self, model_key: str, reason: str) -> int:
         """End every in-flight request for a model; each client gets `reason` as a terminal
@@ -297,9 +324,21 @@ class Gateway:
             record.pulling = _pull_model_key(payload)
         if intent is not None and intent.needs_admission:
             assert intent.model_key is not None
-            if self.catalog.is_installed(intent.model_key) is not False:
+            installed = self.catalog.is_installed(intent.model_key)
+            if installed is None and self._unknown(intent.model_key):
+                # Ollama cannot be asked now and never listed or configured this name: answer
+                # as Ollama would, rather than give a made-up name a queue place (and a label).
+                self._log(record, status=404, outcome="model_not_found")
+                raise errors.NotFound(f"model '{intent.model}' not found")
+            if installed is not False:
                 record.slot = self._admit(record, intent.model_key)
         return record
+
+    def _unknown(self, model_key: str) -> bool:
+        known = self.known_models
+        if known is None or not self.catalog.has_list():
+            return False  # nothing to tell a made-up name from a real one yet
+        return model_key not in known()
 
     def open(
         self, admission: Admission, *, first_byte_timeout: float | None = None
@@ -333,24 +372,9 @@ class Gateway:
             self._log(record, status=CLIENT_CLOSED_STATUS, outcome="client_gone_queued")
             raise ClientGone() from None
         except AdmissionRejected as exc:
-            rejection = exc.rejection
-            retry_after = str(rejection.retry_after_seconds)
-            self._log(record, status=429, outcome=rejection.reason)
+            self._log(record, status=429, outcome=exc.rejection.reason)
             model = record.intent.model if record.intent else model_key
-            raise errors.ConcurrencyLimit(
-                f"model '{model}' is at its concurrency limit "
-                f"({rejection.in_flight}/{rejection.limit} running, {rejection.queued} queued): "
-                f"{rejection.reason.replace('_', ' ')}; retry after {retry_after} s",
-                headers={"Retry-After": retry_after},
-                model=model,
-                limit=rejection.limit,
-                in_flight=rejection.in_flight,
-                queued=rejection.queued,
-                reason=rejection.reason,
-                # Hermes' names for the same facts, for clients written against Hermes.
-                max_concurrency=rejection.limit,
-                current=rejection.in_flight,
-            ) from None
+            raise concurrency_limit(exc.rejection, model) from None
         record.queue_wait = slot.queue_wait_seconds
         return slot
 

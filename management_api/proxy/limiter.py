@@ -34,6 +34,8 @@ from management_api.proxy.limits_config import (
     ModelLimits,
     ModelRule,
     Normalizer,
+    check_capacity,
+    request_capacity,
     simple_normalize,
 )
 from management_api.proxy.scheduler import Hold, ModelScheduler
@@ -169,6 +171,7 @@ class _ModelState:
     __slots__ = (
         "admitted",
         "completed",
+        "followers",
         "held_since",
         "hold",
         "hold_ended",
@@ -189,6 +192,7 @@ class _ModelState:
         self.limits = limits
         self.in_flight = 0
         self.queue: deque[Ticket] = deque()
+        self.followers = 0  # requests waiting for an identical one's answer (the cache)
         self.pauses = 0
         self.admitted = 0
         self.completed = 0
@@ -202,7 +206,7 @@ class _ModelState:
 
     @property
     def idle(self) -> bool:
-        return not (self.in_flight or self.queue or self.pauses)
+        return not (self.in_flight or self.queue or self.pauses or self.followers)
 
 
 class Slot:
@@ -293,6 +297,34 @@ class Ticket:
         return self._event.wait(timeout)
 
 
+class FollowerPlace:
+    """A place in a model's queue held by a request that waits for an identical request's answer
+    (the response cache's coalescing) instead of for a slot.
+
+    It counts against the model's ``max_queue`` and the worker's capacity like a queued request
+    and its wait is bounded by ``max_wait_seconds``, but it is never admitted: the answer comes
+    from the other request. ``release()`` gives the place back; only the first call counts.
+    """
+
+    def __init__(self, limiter: Limiter, state: _ModelState, arrived_at: float) -> None:
+        self._limiter = limiter
+        self._state = state
+        self.arrived_at = arrived_at
+        self._released = False
+
+    @property
+    def deadline(self) -> float:
+        """When the wait ends with ``queue_timeout`` (the model's current max_wait_seconds)."""
+        return self.arrived_at + self._state.limits.max_wait_seconds
+
+    def timed_out(self) -> QueueTimeout:
+        """Give the place back as a ``queue_timeout`` rejection (counted), to be raised."""
+        return self._limiter._follower_timed_out(self)
+
+    def release(self) -> None:
+        self._limiter._follower_left(self)
+
+
 class Limiter:
     """Per-model concurrency limits with bounded FIFO queues and an optional global cap."""
 
@@ -305,6 +337,7 @@ class Limiter:
         observer: LimiterObserver | None = None,
         max_tracked_models: int = DEFAULT_MAX_TRACKED_MODELS,
         scheduler: ModelScheduler | None = None,
+        worker_threads: int | None = None,
     ) -> None:
         if max_tracked_models < 1:
             raise ValueError("max_tracked_models must be >= 1")
@@ -312,6 +345,12 @@ class Limiter:
         self._clock = clock
         self._observer = observer
         self._max_models = max_tracked_models
+        # Requests held at once (running + queued, all models): each holds a worker thread, so
+        # past this an arrival is refused like a full queue instead of waiting for a thread.
+        self._worker_threads = worker_threads
+        self._capacity = request_capacity(worker_threads) if worker_threads else None
+        if config is not None and worker_threads:
+            check_capacity(config, worker_threads)
         self._resolver = LimitsResolver(config if config is not None else LimitsConfig(), normalize)
         self._scheduler = scheduler if scheduler is not None else ModelScheduler(clock=clock)
         self._scheduler.configure(self._resolver.config.scheduler)
@@ -322,6 +361,7 @@ class Limiter:
         self._seq = itertools.count()
         self._global_in_flight = 0
         self._queued = 0
+        self._followers = 0
         self._admitted = 0
         self._completed = 0
         self._rejected = dict.fromkeys(REJECT_REASONS, 0)
@@ -329,6 +369,10 @@ class Limiter:
     @property
     def config(self) -> LimitsConfig:
         return self._resolver.config
+
+    def configured_models(self) -> tuple[str, ...]:
+        """Normalised names the limits file names exactly (globs are not names)."""
+        return self._resolver.exact_models
 
     @property
     def scheduler(self) -> ModelScheduler:
@@ -400,10 +444,12 @@ class Limiter:
             state = self._state_locked(key)
             now = self._clock()
             ticket = Ticket(self, state, next(self._seq), now)
-            admit = not state.queue and self._has_room_locked(state)
+            admit = not state.queue and self._has_room_locked(state) and not self._full_locked()
             if admit and self._may_run_locked(state, now):
                 self._admit_locked(ticket, now, events)
-            elif len(state.queue) >= state.limits.max_queue:
+            elif (
+                len(state.queue) + state.followers >= state.limits.max_queue or self._full_locked()
+            ):
                 self._reject_locked(ticket, QUEUE_FULL, now, events)
             else:
                 state.queue.append(ticket)
@@ -413,6 +459,47 @@ class Limiter:
         if ticket.rejection is not None:
             raise _ERROR_FOR_REASON[ticket.rejection.reason](ticket.rejection)
         return ticket
+
+    def follow(self, model_key: str) -> FollowerPlace:
+        """Take a queue place to wait for an identical request's answer; raises ``QueueFull``
+        when the model's queue (waiters and followers together) or the worker is full."""
+        key = self._normalize(model_key)
+        events: list[tuple[str, str, Any]] = []
+        with self._lock:
+            state = self._state_locked(key)
+            now = self._clock()
+            if len(state.queue) + state.followers >= state.limits.max_queue or self._full_locked():
+                rejection = self._rejection_locked(state, QUEUE_FULL, 0.0, events)
+            else:
+                state.followers += 1
+                self._followers += 1
+                rejection = None
+        self._notify(events)
+        if rejection is not None:
+            raise QueueFull(rejection)
+        return FollowerPlace(self, state, now)
+
+    def _follower_left(self, place: FollowerPlace) -> bool:
+        with self._lock:
+            if place._released:
+                return False
+            place._released = True
+            place._state.followers -= 1
+            self._followers -= 1
+            return True
+
+    def _follower_timed_out(self, place: FollowerPlace) -> QueueTimeout:
+        events: list[tuple[str, str, Any]] = []
+        self._follower_left(place)
+        with self._lock:
+            waited = max(0.0, self._clock() - place.arrived_at)
+            rejection = self._rejection_locked(place._state, QUEUE_TIMEOUT, waited, events)
+        self._notify(events)
+        return QueueTimeout(rejection)
+
+    def _full_locked(self) -> bool:
+        held = self._global_in_flight + self._queued + self._followers
+        return self._capacity is not None and held >= self._capacity
 
     def recheck(self) -> None:
         """Admit whoever the scheduler lets go now (a hold may end by time alone); blocked
@@ -544,20 +631,25 @@ class Limiter:
     def _reject_locked(
         self, ticket: Ticket, reason: str, now: float, events: list[tuple[str, str, Any]]
     ) -> None:
-        state = ticket._state
+        waited = max(0.0, now - ticket.arrived_at)
+        ticket.rejection = self._rejection_locked(ticket._state, reason, waited, events)
+        ticket._event.set()
+
+    def _rejection_locked(
+        self, state: _ModelState, reason: str, waited: float, events: list[tuple[str, str, Any]]
+    ) -> Rejection:
         state.rejected[reason] += 1
         self._rejected[reason] += 1
-        ticket.rejection = Rejection(
+        events.append(("on_reject", state.key, reason))
+        return Rejection(
             model=state.key,
             reason=reason,
             limit=state.limits.max_concurrency,
             in_flight=state.in_flight,
-            queued=len(state.queue),
+            queued=len(state.queue) + state.followers,
             retry_after_seconds=self._retry_after_locked(state),
-            waited_seconds=max(0.0, now - ticket.arrived_at),
+            waited_seconds=waited,
         )
-        ticket._event.set()
-        events.append(("on_reject", state.key, reason))
 
     def _unqueue_locked(self, ticket: Ticket) -> None:
         state = ticket._state
@@ -637,6 +729,8 @@ class Limiter:
 
     def update_config(self, config: LimitsConfig) -> None:
         """Apply a reloaded config live (cases 2 and 7); raises ``LimitsConfigError`` unchanged."""
+        if self._worker_threads:
+            check_capacity(config, self._worker_threads)  # may raise: nothing changed yet
         resolver = LimitsResolver(config, self._normalize)  # may raise: nothing changed yet
         events: list[tuple[str, str, Any]] = []
         with self._lock:
@@ -773,6 +867,9 @@ class Limiter:
                 "totals": {
                     "in_flight": self._global_in_flight,
                     "queued": self._queued,
+                    # Requests waiting for an identical request's answer (the response cache):
+                    # they hold queue places and threads like queued ones.
+                    "coalesced_waiting": self._followers,
                     "admitted": self._admitted,
                     "completed": self._completed,
                     "rejected": dict(self._rejected),
@@ -807,6 +904,7 @@ class Limiter:
             "paused": bool(state.pauses),
             "in_flight": state.in_flight,
             "queued": len(state.queue),
+            "coalesced_waiting": state.followers,
             "admitted": state.admitted,
             "completed": state.completed,
             "rejected": dict(state.rejected),

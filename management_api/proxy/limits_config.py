@@ -303,6 +303,41 @@ def load_limits(path: str | os.PathLike[str]) -> LimitsConfig:
     return parse_limits(text, source)
 
 
+# --- what the worker can hold --------------------------------------------------------------------
+
+
+def reserved_threads(worker_threads: int) -> int:
+    """Pool threads kept for everything that is not a held inference request: management
+    routes, pass-through calls, and the 429 answers themselves."""
+    return max(2, worker_threads // 16)
+
+
+def request_capacity(worker_threads: int) -> int:
+    """How many inference requests (running plus queued, all models together) the one worker
+    can hold: each holds a pool thread while it waits or streams."""
+    return max(1, worker_threads - reserved_threads(worker_threads))
+
+
+def check_capacity(config: LimitsConfig, worker_threads: int) -> None:
+    """Refuse a config under which one model alone may hold more requests than the worker can:
+    its queue would promise places that only exist as connections waiting for a thread."""
+    capacity = request_capacity(worker_threads)
+    source = config.source or "<built-in>"
+    entries = [("defaults", config.defaults)]
+    entries += [(f"models[{i}]", rule.limits) for i, rule in enumerate(config.models)]
+    for path, limits in entries:
+        held = limits.max_concurrency + limits.max_queue
+        if held > capacity:
+            raise _fail(
+                source,
+                f"{path}.max_queue",
+                f"max_concurrency {limits.max_concurrency} + max_queue {limits.max_queue} = "
+                f"{held} requests, more than the worker holds ({capacity}: LLM_WORKER_THREADS "
+                f"{worker_threads} less {reserved_threads(worker_threads)} kept for other routes)",
+                f"max_concurrency + max_queue <= {capacity}, or a larger LLM_WORKER_THREADS",
+            )
+
+
 # --- resolution ----------------------------------------------------------------------------------
 
 

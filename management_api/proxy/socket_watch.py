@@ -3,8 +3,10 @@
 Two jobs share one selector, so neither costs a thread (or a poll loop) per request:
 
 * **A queued client** (`watch_client`): while a request waits for its slot, nothing reads its
-  socket. Readable with nothing to read means the client sent FIN; the callback (which cancels
-  the queue ticket) runs at once instead of at the next poll.
+  socket. The client is gone when it sent FIN, whatever unread bytes came before it (a stray
+  ``\r\n`` after the body is common): on Linux the watch waits for ``EPOLLRDHUP``, which says
+  exactly that, so pending bytes neither hide the FIN nor wake the thread. The callback (which
+  cancels the queue ticket) runs at once instead of at the next poll.
 * **An upstream being let go** (`linger`): after an early exit the proxy half-closes the
   connection to Ollama (``shutdown(SHUT_WR)``: Go's HTTP server reads EOF and cancels the
   request's context) and must keep the request's slot until Ollama has really stopped, which it
@@ -23,6 +25,7 @@ import contextlib
 import logging
 import math
 import os
+import select
 import selectors
 import socket
 import threading
@@ -33,6 +36,74 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 _DRAIN_BYTES = 65536
+_RDHUP = getattr(select, "POLLRDHUP", 0)  # Linux; elsewhere a peek tells FIN from bytes
+_POLL_GONE = _RDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
+
+GONE = "gone"
+PENDING = "pending"  # bytes are waiting and no FIN has come: the client is there
+QUIET = "quiet"
+
+
+def peer_state(sock: socket.socket) -> str:
+    """Whether the peer of ``sock`` closed its side (FIN, even behind unread bytes), sent bytes,
+    or neither; without waiting."""
+    try:
+        fd = sock.fileno()
+        if fd < 0:
+            return GONE
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI | _RDHUP)
+        events = poller.poll(0)
+    except (OSError, ValueError):
+        return GONE
+    flags = events[0][1] if events else 0
+    if flags & _POLL_GONE:
+        return GONE
+    if not flags & (select.POLLIN | select.POLLPRI):
+        return QUIET
+    if _RDHUP:
+        return PENDING
+    try:
+        return GONE if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"" else PENDING
+    except BlockingIOError:
+        return QUIET
+    except OSError:
+        return GONE
+
+
+class _Poller:
+    """epoll where there is one (clients wait for EPOLLRDHUP only), else a plain selector."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll() if hasattr(select, "epoll") and _RDHUP else None
+        self._selector = None if self._epoll is not None else selectors.DefaultSelector()
+
+    def register(self, fd: int, kind: str) -> None:
+        if self._epoll is not None:
+            mask = select.EPOLLRDHUP if kind == "client" else select.EPOLLIN
+            try:
+                self._epoll.register(fd, mask)
+            except FileExistsError:
+                raise KeyError(fd) from None
+        else:
+            self._selector.register(fd, selectors.EVENT_READ)
+
+    def unregister(self, fd: int) -> None:
+        if self._epoll is not None:
+            self._epoll.unregister(fd)
+        else:
+            self._selector.unregister(fd)
+
+    def select(self, timeout: float | None) -> list[int]:
+        if self._epoll is not None:
+            return [fd for fd, _ in self._epoll.poll(-1 if timeout is None else timeout)]
+        return [key.fd for key, _ in self._selector.select(timeout)]
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+        else:
+            self._selector.close()
 
 
 @dataclass(eq=False)
@@ -60,13 +131,13 @@ class ClientWatchHandle:
 class SocketWatcher:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._selector = selectors.DefaultSelector()
+        self._selector = _Poller()
         self._lock = threading.Lock()
         self._entries: dict[int, _Entry] = {}
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._selector.register(self._wake_r, "wake")
         self._closed = False
         self._thread: threading.Thread | None = None
 
@@ -135,7 +206,7 @@ class SocketWatcher:
                 return False
             try:
                 entry.fd = entry.sock.fileno()
-                self._selector.register(entry.fd, selectors.EVENT_READ, entry)
+                self._selector.register(entry.fd, entry.kind)
                 self._entries[entry.fd] = entry
             except (OSError, ValueError, KeyError):
                 entry.fd = -1  # closed already, or watched twice: treat it as readable now
@@ -179,12 +250,15 @@ class SocketWatcher:
                 time.sleep(0.05)
                 continue
             try:
-                for key, _ in events:
-                    if key.data is None:
+                for fd in events:
+                    if fd == self._wake_r:
                         with contextlib.suppress(BlockingIOError, OSError):
                             os.read(self._wake_r, 4096)
                         continue
-                    self._on_readable(key.data)
+                    with self._lock:
+                        entry = self._entries.get(fd)
+                    if entry is not None:
+                        self._on_readable(entry)
                 self._expire(self._clock())
             except Exception:
                 log.exception("socket watcher: handling a ready socket failed")
@@ -193,15 +267,12 @@ class SocketWatcher:
         if not entry.active:
             return
         if entry.kind == "client":
-            try:
-                gone = entry.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-            except BlockingIOError:
+            state = peer_state(entry.sock)
+            if state == QUIET:
                 return
-            except OSError:
-                gone = True
-            # Bytes pending are a pipelined request: the client is there. Stop watching it (the
-            # request thread's own checks take over) rather than wake up for them forever.
-            if self._remove(entry) and gone:
+            # Without EPOLLRDHUP, bytes pending wake the selector again and again: stop watching
+            # (the request thread's own checks take over) rather than spin on them.
+            if self._remove(entry) and state == GONE:
                 self._call(entry.callback)
             return
         try:

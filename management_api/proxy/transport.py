@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from management_api.proxy.socket_watch import SocketWatcher
+from management_api.proxy.socket_watch import GONE, PENDING, SocketWatcher, peer_state
 from management_api.proxy.upstream_response import ProtocolError, UpstreamResponse
 
 log = logging.getLogger(__name__)
@@ -159,9 +159,9 @@ def forwardable_response_headers(headers: Iterable[tuple[str, str]]) -> list[tup
 class ClientWatch:
     """Tells whether the client at the other end of a WSGI request has closed its connection.
 
-    WSGI gives no disconnect signal until a write fails, so we peek at the socket: readable with
-    zero bytes pending means the peer sent FIN. Readable with bytes means a pipelined request, so
-    the client is still there.
+    WSGI gives no disconnect signal until a write fails, so we look at the socket: the peer's FIN
+    (POLLRDHUP on Linux) means gone even behind unread bytes; bytes without FIN are a pipelined
+    request, so the client is still there.
     """
 
     def __init__(self, sock: socket.socket | None) -> None:
@@ -184,12 +184,10 @@ class ClientWatch:
     def gone(self) -> bool:
         if self._gone or self._sock is None:
             return self._gone
-        try:
-            if ready_to_read([self._sock], 0):
-                self._gone = self._sock.recv(1, socket.MSG_PEEK) == b""
-                self.pipelined = not self._gone
-        except (OSError, ValueError):
-            self._gone = True
+        state = peer_state(self._sock)
+        self._gone = state == GONE
+        # Bytes of a next request make the socket readable for good; FIN is still seen here.
+        self.pipelined = self.pipelined or state == PENDING
         return self._gone
 
 
@@ -273,6 +271,15 @@ class ConnectionPool:
                 return
 
 
+class BodyParts(tuple):
+    """A request body held as pieces, sent one after the other; re-sendable like bytes (a retry
+    while Ollama restarts sends it again). Lets requests share a large piece, not copy it."""
+
+    @property
+    def length(self) -> int:
+        return sum(map(len, self))
+
+
 def request_head(
     method: str, target: str, host: str, headers: dict[str, str], content_length: int | None
 ) -> bytes:
@@ -352,12 +359,15 @@ class UpstreamExchange:
         gets a fresh connection and is never re-sent.
         """
         deadline = self.clock() + self.grace_seconds
-        replayable = body is None or isinstance(body, bytes)
+        replayable = body is None or isinstance(body, bytes | BodyParts)
         # The fd another thread writes to wake the request thread (a cancel); set before the
         # first wait, read by abort() after it set `cancelled` (one of them sees the other).
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.method = method
-        if isinstance(body, bytes) or body is None:
+        if isinstance(body, BodyParts):
+            headers.pop("Content-Length", None)
+            length = body.length
+        elif isinstance(body, bytes) or body is None:
             length = len(body) if body is not None else None
             if length is None and method in ("POST", "PUT", "PATCH"):
                 length = 0

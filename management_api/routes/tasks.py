@@ -34,6 +34,12 @@ def _bad(message: str, field: str) -> errors.ApiError:
     return errors.BadRequest(message, type="invalid_input", field=field)
 
 
+def _too_large(cap: int) -> errors.ApiError:
+    return errors.PayloadTooLarge(
+        f"a /v1/infer body may be at most {cap} bytes (LLM_INFER_MAX_INPUT_MB)"
+    )
+
+
 def _services() -> Any:
     return current_app.extensions["llm_service"]
 
@@ -125,8 +131,15 @@ def _cache_plan(call: InferCall) -> ResultPlan | None:
 
 @bp.post("/v1/infer")
 def infer() -> ResponseReturnValue:
+    # Its own cap, below the general body cap: every model of the task is sent the input.
+    cap = round(_services().settings.infer_max_input_mb * 1024 * 1024)
+    if request.content_length is not None and request.content_length > cap:
+        raise _too_large(cap)
+    data = request.get_data(cache=True)
+    if len(data) > cap:
+        raise _too_large(cap)
     try:
-        payload = loads_bounded(request.get_data(cache=True))
+        payload = loads_bounded(data)
     except (ValueError, UnicodeDecodeError):
         raise _bad("the body must be a JSON object", "body") from None
     call = _call(payload)

@@ -17,7 +17,7 @@ from typing import Any
 
 from management_api import errors
 from management_api.proxy.gateway import Admission, ClientRequest, Gateway
-from management_api.proxy.transport import ClientGone, ClientWatch
+from management_api.proxy.transport import BodyParts, ClientGone, ClientWatch
 from management_api.tasks import breaker as breakers
 from management_api.tasks.jsonschema import validate
 
@@ -70,6 +70,8 @@ class Branch:
         self.model = model
         self.role = role
         self.body = body
+        # The body's "prompt" already encoded as a JSON string, shared with the other branches.
+        self.prompt_json: bytes | None = None
         self.output = output
         self.schema = schema
         self.deadline = deadline
@@ -169,6 +171,21 @@ def _cancelled_status(branch: Branch) -> str:
     return CANCELLED
 
 
+def encode_prompt(prompt: str) -> bytes:
+    """A prompt as a JSON string, UTF-8 (not \\u escapes: six bytes a character for non-ASCII)."""
+    return json.dumps(prompt, ensure_ascii=False).encode()
+
+
+def body_parts(branch: Branch) -> BodyParts:
+    """The branch's /api/generate body as pieces: its own small fields, then the prompt, which
+    is encoded once per request and shared by its branches (never copied per branch)."""
+    prompt = branch.body.get("prompt", "")
+    encoded = branch.prompt_json if branch.prompt_json is not None else encode_prompt(prompt)
+    rest = {key: value for key, value in branch.body.items() if key != "prompt"}
+    head = json.dumps(rest, ensure_ascii=False)[:-1] + (", " if rest else "") + '"prompt": '
+    return BodyParts((head.encode(), encoded, b"}"))
+
+
 def _run(
     branch: Branch,
     gateway: Gateway,
@@ -178,13 +195,15 @@ def _run(
     key_name: str | None,
     on_event: Callable[[Branch, str], None],
 ) -> None:
-    raw = json.dumps(branch.body).encode()
+    parts = body_parts(branch)
     request = ClientRequest(
         method="POST",
         path="/api/generate",
         query="",
         headers=[("Content-Type", "application/json")],
-        body=raw,
+        body=b"",
+        streamed_body=parts,
+        content_length=parts.length,
         payload=branch.body,
         watch=BranchWatch(branch, watch),
         request_id=request_id,

@@ -122,6 +122,12 @@ class _Run:
     hedges: list[br.Branch] = field(default_factory=list)
     decided_by: str | None = None
     judge: br.Branch | None = None
+    # The prompt as a JSON string, encoded once and sent by every branch that asks it: an 8 MB
+    # input must not become one copy per model.
+    prompt_json: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.prompt_json = br.encode_prompt(self.prompt)
 
     def left(self, until: float | None = None) -> float:
         return (until if until is not None else self.deadline) - time.monotonic()
@@ -341,6 +347,8 @@ class Orchestrator:
             schema=fmt if role == "judge" else task.schema,
             deadline=deadline if deadline is not None else run.deadline,
         )
+        if prompt is None:
+            branch.prompt_json = run.prompt_json
         run.branches.append(branch)
         call = run.call
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import ollama
 import openai
@@ -281,8 +283,24 @@ def test_delete_invalidates(svc, emulator):
     assert len(_upstream(emulator, "/api/chat")) == 2
 
 
-def test_identical_concurrent_requests_make_one_upstream_call(svc, emulator):
-    # Not in the limits file: one slot, a queue of two.
+def _set_limits(svc: ServiceProcess, text: str) -> None:
+    Path(svc.env["LLM_LIMITS_FILE"]).write_text(text)
+    reloaded = requests.post(
+        svc.management_url + "/api/limits/reload", headers={"X-API-Key": ADMIN}, timeout=5
+    )
+    assert reloaded.status_code == 200, reloaded.text
+
+
+@pytest.fixture
+def long_queue(svc):
+    # Waiting for an identical request takes a queue place like any waiting request (issue 29),
+    # so 49 followers need a queue that long.
+    _set_limits(svc, LIMITS.replace("max_queue = 2", "max_queue = 60"))
+    yield
+    _set_limits(svc, LIMITS)
+
+
+def test_identical_concurrent_requests_make_one_upstream_call(svc, emulator, long_queue):
     model = "llama3.2:latest"
     emulator.set_model(model, ttft_seconds=1.5)
     body = {"model": model, "prompt": "Write a haiku.", "options": {"temperature": 0}}
@@ -342,7 +360,7 @@ def test_a_waiting_client_that_leaves_is_dropped(svc, emulator):
     assert len(_upstream(emulator, "/api/chat")) == 1
 
 
-def test_a_failed_first_request_lets_the_next_waiter_go_upstream(svc, emulator):
+def test_a_failed_first_request_lets_the_next_waiter_go_upstream(svc, emulator, long_queue):
     emulator.set_model(CHAT_MODEL, ttft_seconds=1.0)
     emulator.fault("drop_mid_stream", route="/api/chat", after_chunks=2)
     results: dict[int, requests.Response] = {}
@@ -494,3 +512,76 @@ def test_the_flask_path_serves_hits_too(svc, emulator):
     assert [a.headers["X-Cache"] for a in answers] == ["MISS", "HIT"]
     assert answers[0].json()["response"] == answers[1].json()["response"]
     assert len(_upstream(emulator, "/api/generate")) == 1
+
+
+# --- coalesced requests wait like queued ones (issue 29)
+
+
+def test_identical_requests_past_the_queue_are_refused_like_different_ones(svc, emulator):
+    # One slot and a queue of two: the first runs, two wait for its answer, 17 are refused.
+    model = "llama3.2:latest"
+    emulator.set_model(model, ttft_seconds=1.5)
+    body = {"model": model, "prompt": "Same again.", "stream": False, "options": {"temperature": 0}}
+    start = threading.Barrier(20)
+
+    def send(_: int) -> requests.Response:
+        start.wait(10)
+        return requests.post(svc.proxy_url + "/api/generate", json=body, timeout=60)
+
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(send, range(20)))
+    codes = [a.status_code for a in answers]
+    assert codes.count(429) == 17, codes
+    refused = [a.json() for a in answers if a.status_code == 429]
+    assert {r["reason"] for r in refused} == {"queue_full"}
+    assert all(a.headers["Retry-After"] for a in answers if a.status_code == 429)
+    assert sorted(a.headers["X-Cache"] for a in answers if a.status_code == 200) == [
+        "COALESCED",
+        "COALESCED",
+        "MISS",
+    ]
+    assert len(_upstream(emulator, "/api/generate")) == 1
+
+
+def test_a_coalesced_wait_is_bounded_by_max_wait_seconds(svc, emulator):
+    _set_limits(svc, LIMITS.replace("max_wait_seconds = 30", "max_wait_seconds = 1"))
+    try:
+        emulator.set_model(CHAT_MODEL, ttft_seconds=3.0)
+        first = ThreadPoolExecutor(1).submit(_chat, svc, "Slow and identical.")
+        emulator.wait_for(lambda: len(_upstream(emulator, "/api/chat")) == 1, timeout=10)
+        started = time.monotonic()
+        follower = _chat(svc, "Slow and identical.")
+        waited = time.monotonic() - started
+        assert follower.status_code == 429, follower.text
+        assert follower.json()["reason"] == "queue_timeout"
+        assert 0.9 <= waited < 2.5, waited
+        assert first.result(30).status_code == 200
+    finally:
+        _set_limits(svc, LIMITS)
+
+
+def test_a_leader_that_never_reads_does_not_hold_its_followers(svc, emulator):
+    # ~12 MB of JSON: far more than the socket buffers between us and a client that reads nothing.
+    model = "llama3.2:1b"
+    emulator.set_model(model, ttft_seconds=0, tokens=1_000_000, tokens_per_second=10_000_000)
+    body = {"model": model, "prompt": "A big one.", "stream": False, "options": {"temperature": 0}}
+    data = json.dumps(body).encode()
+    leader = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    leader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    leader.connect(("127.0.0.1", svc.proxy_port))
+    try:
+        leader.sendall(
+            b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(data), data)
+        )
+        emulator.wait_for(lambda: len(_upstream(emulator, "/api/generate")) == 1, timeout=10)
+        started = time.monotonic()
+        follower = requests.post(svc.proxy_url + "/api/generate", json=body, timeout=30)
+        took = time.monotonic() - started
+        assert follower.status_code == 200
+        assert follower.headers["X-Cache"] in ("COALESCED", "HIT")
+        assert json.loads(follower.content)["eval_count"] == 1_000_000
+        assert took < 5, took
+        assert len(_upstream(emulator, "/api/generate")) == 1
+    finally:
+        leader.close()

@@ -120,7 +120,7 @@ def cache_service(emulator: FakeOllama, tmp_path_factory) -> Iterator[tuple[Serv
         "LLM_CACHE_MAX_MB": "16",
         "LLM_CACHE_TTL_SECONDS": "600",
         "LLM_MODEL_CACHE_TTL": "30",
-        "LLM_WORKER_THREADS": "64",
+        "LLM_WORKER_THREADS": "256",
         # Auth stays off; a caller that sends a key is still known by it (per-key entries).
         "LLM_API_KEYS": f"app:{APP_KEY}:user,other:{OTHER_KEY}:user",
     }

@@ -665,6 +665,7 @@ def test_snapshot_shape_is_stable_and_json_ready():
     assert snapshot["totals"] == {
         "in_flight": 1,
         "queued": 0,
+        "coalesced_waiting": 0,
         "admitted": 2,
         "completed": 1,
         "rejected": {"queue_full": 0, "queue_timeout": 0, "cancelled": 0},
@@ -675,7 +676,8 @@ def test_snapshot_shape_is_stable_and_json_ready():
     assert list(by_model) == ["llama3:latest", "nomic-embed:latest", "qwen3:14b"]
     llama = by_model["llama3:latest"]
     assert set(llama) == {
-        "model", "rule", "limits", "paused", "in_flight", "queued", "admitted", "completed",
+        "model", "rule", "limits", "paused", "in_flight", "queued", "coalesced_waiting",
+        "admitted", "completed",
         "rejected", "wait_seconds", "service_seconds_ewma", "retry_after_seconds",
     }  # fmt: skip
     assert llama["limits"] == ModelLimits(max_concurrency=1).to_dict()
@@ -797,3 +799,44 @@ def test_many_threads_never_exceed_limits_and_counters_return_to_zero(global_cap
     for view in snapshot["models"]:
         assert (view["in_flight"], view["queued"]) == (0, 0)
         assert view["admitted"] == view["completed"]
+
+
+# --- requests waiting for an identical request's answer (issue 29)
+
+
+def test_followers_take_queue_places_and_time_out_like_waiters():
+    from management_api.proxy.limiter import QueueTimeout
+
+    clock = FakeClock()
+    limiter = Limiter(config(max_concurrency=1, max_queue=2, max_wait_seconds=5), clock=clock)
+    slot = limiter.acquire("m")
+    place = limiter.follow("m")
+    limiter.submit("m")  # a queued one: together with the follower the queue is full
+    with pytest.raises(QueueFull):
+        limiter.follow("m")
+    with pytest.raises(QueueFull):
+        limiter.submit("m")
+    assert limiter.snapshot()["totals"]["coalesced_waiting"] == 1
+    assert place.deadline == clock() + 5
+    clock.advance(5)
+    timeout = place.timed_out()
+    assert isinstance(timeout, QueueTimeout) and timeout.rejection.waited_seconds == 5
+    place.release()  # only the first give-back counts
+    totals = limiter.snapshot()["totals"]
+    assert totals["coalesced_waiting"] == 0
+    assert totals["rejected"] == {"queue_full": 2, "queue_timeout": 1, "cancelled": 0}
+    limiter.follow("m").release()  # the place is free again
+    slot.release()
+
+
+def test_followers_count_against_what_the_worker_holds():
+    limiter = Limiter(config(max_concurrency=1, max_queue=4), worker_threads=8)  # holds 6
+    slot = limiter.acquire("a")
+    places = [limiter.follow("a") for _ in range(4)]
+    other = limiter.acquire("b")
+    with pytest.raises(QueueFull):
+        limiter.follow("c")  # room of its own, but the worker holds 6 already
+    places[0].release()
+    limiter.follow("c").release()
+    slot.release()
+    other.release()

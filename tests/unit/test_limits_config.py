@@ -61,7 +61,7 @@ def test_shipped_file_holds_the_documented_defaults_and_two_examples():
     assert config.global_max_concurrency == 0
     assert [rule.match for rule in config.models] == ["qwen3:14b-q8", "nomic-embed-text*"]
     assert config.models[0].limits == ModelLimits(max_concurrency=2)
-    assert config.models[1].limits == ModelLimits(max_concurrency=8, max_queue=256)
+    assert config.models[1].limits == ModelLimits(max_concurrency=8, max_queue=232)
     assert config.models[1].overrides == ("max_concurrency", "max_queue")
 
 
@@ -82,7 +82,7 @@ def test_shipped_examples_resolve_as_their_comments_say():
     assert resolver.limits_for("qwen3:14b-q8").max_concurrency == 2
     assert resolver.limits_for("QWEN3:14B-Q8").max_concurrency == 2
     assert resolver.limits_for("qwen3:8b").max_concurrency == 1
-    assert resolver.limits_for("nomic-embed-text").max_queue == 256
+    assert resolver.limits_for("nomic-embed-text").max_queue == 232
     assert resolver.limits_for("nomic-embed-text:v1.5").max_concurrency == 8
     assert resolver.limits_for("llama3.2").max_queue == 64
 
@@ -585,3 +585,65 @@ def test_poll_thread_applies_configmap_updates(tmp_path):
     finally:
         reloader.stop()
     assert [c.defaults.max_queue for c in apply.applied] == [1, 2, 3]
+
+
+# --- what the worker can hold (issue 29)
+
+
+def test_capacity_leaves_threads_for_other_routes():
+    from management_api.proxy.limits_config import request_capacity
+
+    assert request_capacity(256) == 240
+    assert request_capacity(16) == 14
+    assert request_capacity(1) == 1
+
+
+def test_a_file_promising_more_waiters_than_threads_is_refused():
+    from management_api.proxy.limits_config import check_capacity
+
+    text = '[[models]]\nmatch = "nomic-embed-text*"\nmax_concurrency = 8\nmax_queue = 256\n'
+    config = parse_limits(text, "limits.toml")
+    with pytest.raises(LimitsConfigError) as err:
+        check_capacity(config, 256)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "models[0].max_queue" in message and "264" in message and "240" in message
+    check_capacity(config, 512)  # a larger pool holds it
+
+
+def test_defaults_count_too():
+    from management_api.proxy.limits_config import check_capacity
+
+    with pytest.raises(LimitsConfigError, match=r"defaults\.max_queue"):
+        check_capacity(parse_limits("[defaults]\nmax_queue = 64\n", "f"), 32)
+
+
+@pytest.mark.parametrize("path", ["config/limits.toml", "deploy/k8s/base/limits.toml"])
+def test_shipped_limits_fit_the_default_pool(path):
+    from management_api.proxy.limits_config import check_capacity
+    from management_api.settings import Settings
+    from tests.service_harness import ROOT
+
+    check_capacity(load_limits(ROOT / path), Settings.load({}).worker_threads)
+    assert (ROOT / path).read_text() == (ROOT / "config/limits.toml").read_text()
+
+
+def test_the_limiter_refuses_arrivals_past_what_the_worker_holds():
+    from management_api.proxy.limiter import Limiter, QueueFull
+
+    config = parse_limits("[defaults]\nmax_concurrency = 1\nmax_queue = 6\n", "f")
+    limiter = Limiter(config, worker_threads=16)  # holds 14
+    tickets = [limiter.submit(f"m{i % 3}:latest") for i in range(14)]
+    with pytest.raises(QueueFull):
+        limiter.submit("m3:latest")  # a fourth model, with room of its own, is still refused
+    tickets[0].slot.release()
+    limiter.submit("m3:latest")
+
+
+def test_a_reload_past_capacity_keeps_the_config():
+    from management_api.proxy.limiter import Limiter
+
+    limiter = Limiter(parse_limits("[defaults]\nmax_queue = 4\n", "f"), worker_threads=16)
+    with pytest.raises(LimitsConfigError):
+        limiter.update_config(parse_limits("[defaults]\nmax_queue = 40\n", "g"))
+    assert limiter.config.defaults.max_queue == 4

@@ -48,6 +48,8 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
         "LLM_TASKS_FILE": str(tmp_path / "tasks.toml"),
         "LLM_LOG_DIR": "var/log",
         "LLM_WORKER_THREADS": "64",
+        "LLM_HEADER_TIMEOUT_SECONDS": "3",
+        "LLM_SEND_TIMEOUT_SECONDS": "45",
         "LLM_UPSTREAM_CONNECT_TIMEOUT": "1.5",
         "LLM_UPSTREAM_READ_TIMEOUT": "10",
         "LLM_UPSTREAM_GRACE_SECONDS": "0",
@@ -65,6 +67,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
         "OLLAMA_ORIGINS": "chrome-extension://*, https://*.corp.example",
         "LLM_ALLOWED_HOSTS": "llm.example.com,.corp.example",
         "LLM_MAX_BODY_MB": "8",
+        "LLM_INFER_MAX_INPUT_MB": "2.5",
         "LLM_IMPORT_DIR": str(tmp_path / "gguf"),
         "LLM_CACHE_MAX_MB": "128.5",
         "LLM_CACHE_TTL_SECONDS": "60",
@@ -84,6 +87,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
     assert s.tasks_file == tmp_path / "tasks.toml"
     assert s.log_dir == PROJECT_ROOT / "var" / "log"
     assert s.worker_threads == 64
+    assert (s.header_timeout_seconds, s.send_timeout_seconds) == (3, 45)
     assert (s.upstream_connect_timeout, s.upstream_read_timeout) == (1.5, 10)
     assert s.upstream_grace_seconds == 0 and s.health_log_window == 120
     assert s.ollama_log_file == tmp_path / "ollama.log"
@@ -96,6 +100,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
     assert s.cors_origins == ("http://localhost:3001", "http://dashboard:3001")
     assert s.ollama_origins == ("chrome-extension://*", "https://*.corp.example")
     assert s.allowed_hosts == ("llm.example.com", ".corp.example")
+    assert s.infer_max_input_mb == 2.5
     assert s.max_body_mb == 8 and s.import_dir == tmp_path / "gguf"
     assert s.supervisor_socket == tmp_path / "supervisor.sock"
     assert (s.cache_max_mb, s.cache_ttl_seconds) == (128.5, 60)
