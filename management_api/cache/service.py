@@ -43,7 +43,7 @@ from management_api.cache.policy import (
 )
 from management_api.cache.store import LruStore
 from management_api.proxy.gateway import ClientRequest, ForwardedResponse, concurrency_limit
-from management_api.proxy.inference import INFERENCE_ROUTES, classify, parse_body
+from management_api.proxy.inference import INFERENCE_ROUTES, classify
 from management_api.proxy.limiter import FollowerPlace, Limiter, QueueFull
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone
 
