@@ -93,7 +93,7 @@ bench: venv
 	$(PY) -m bench.proxy_bench
 	$(PY) -m bench.swap_bench
 
-# Reliability evidence (README "Reliability"); too long for `make test`, which runs a smoke of
+# Reliability evidence (docs/reliability.md); too long for `make test`, which runs a smoke of
 # each (tests/reliability). Summaries, CSV and plot go to bench/results/. Extra flags:
 # e.g. `make soak SOAK_ARGS="--minutes 5"`.
 soak: venv

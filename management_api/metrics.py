@@ -193,7 +193,7 @@ def picker_metrics(snapshot: dict[str, Any]) -> Iterator[Metric]:
         ("num_requests_waiting", "Requests queued for a slot, all models", totals.get("queued", 0)),
         ("num_requests_running", "Requests holding a slot, all models", totals.get("in_flight", 0)),
         ("kv_cache_usage_perc", "Approximate KV-cache use 0-1: running / admission slots "
-         "of the busy models (README, Several nodes)", kv_cache_usage(snapshot)),
+         "of the busy models (docs/operations.md#several-nodes)", kv_cache_usage(snapshot)),
     ):  # fmt: skip
         family = GaugeMetricFamily(f"{PREFIX}_{name}", text)
         family.add_metric([], value)

@@ -1,8 +1,8 @@
 """Service settings: one frozen `Settings`, read from the environment and an optional TOML file.
 
 Precedence: environment > config file (``LLM_CONFIG_FILE``) > defaults. Every setting is declared
-once in `SETTINGS` with its variable, default, parser and help line; the README's configuration
-table is checked against this list by a test. An invalid value stops start-up with one line that
+once in `SETTINGS` with its variable, default, parser and help line; docs/configuration.md's
+tables are checked against this list by a test. An invalid value stops start-up with one line that
 names the variable and the accepted form.
 """
 

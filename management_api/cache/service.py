@@ -284,7 +284,7 @@ class ResponseCache:
         callers'), or everyone's when LLM_CACHE_SHARED_ACROSS_KEYS is on."""
         return "" if self.shared_across_keys or key_name is None else "key:" + key_name
 
-    # --- whole /v1/infer results (the route runs the task; see README, Response cache)
+    # --- whole /v1/infer results (the route runs the task; see docs/cache.md)
 
     def plan_result(
         self,

@@ -1,4 +1,4 @@
-"""The endpoint-picker gauges computed from a limiter snapshot (README, "Several nodes")."""
+"""The endpoint-picker gauges from a limiter snapshot (docs/operations.md#several-nodes)."""
 
 from __future__ import annotations
 
