@@ -15,6 +15,7 @@ from management_api.routes import (
     healing,
     health,
     hermes_api,
+    jobs,
     management,
     models,
     ollama_api,
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(status.bp)
     app.register_blueprint(hermes_api.bp)
     app.register_blueprint(tasks.bp)
+    jobs.init_app(app, keyring)
     app.register_blueprint(docs.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(ollama_api.bp)

@@ -136,6 +136,11 @@ SWEEP_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/ui", {}),
     ("GET", "/ui/", {}),
     ("GET", "/ui/{name}", {"path_parameters": {"name": "app.js"}}),
+    ("POST", "/api/jobs", {"body": {"route": "/api/embed",
+                                    "body": {"model": "llama3.2:1b", "input": "hi"}}}),
+    ("GET", "/api/jobs", {"query": {"status": "queued"}}),
+    ("GET", "/api/jobs/{job_id}", {"path_parameters": {"job_id": "job_0123456789abcdef"}}),
+    ("DELETE", "/api/jobs/{job_id}", {"path_parameters": {"job_id": "job_0123456789abcdef"}}),
 ]  # fmt: skip
 # Answered without a key in every mode (the status page's files carry no data).
 PUBLIC_STATUSES = {"GET /ui": 308, "GET /ui/": 200, "GET /ui/{name}": 200}
@@ -151,6 +156,7 @@ READS_ITS_BODY = {
     ("POST", "/v1/llm/{model}"),
     ("POST", "/v1/llm/{model}/stream"),
     ("POST", "/v1/infer"),
+    ("POST", "/api/jobs"),
 }
 
 
