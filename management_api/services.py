@@ -189,6 +189,9 @@ class Services:
                 max_finished=settings.jobs_max_stored,
                 max_stored_bytes=round(settings.jobs_max_stored_mb * 1024 * 1024),
                 max_result_bytes=round(settings.jobs_max_result_mb * 1024 * 1024),
+                callback_hosts=settings.jobs_callback_hosts,
+                callback_attempts=settings.jobs_callback_attempts,
+                callback_timeout_seconds=settings.jobs_callback_timeout_seconds,
             ),
         )
         metrics.registry.register(

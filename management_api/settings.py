@@ -294,6 +294,12 @@ SETTINGS: tuple[Setting, ...] = (
             "finished jobs kept at most (the oldest are forgotten first)"),
     Setting("jobs_max_stored_mb", "LLM_JOBS_MAX_STORED_MB", 256, positive_number,
             "results and errors of finished jobs kept at most, MB"),
+    Setting("jobs_callback_hosts", "LLM_JOBS_CALLBACK_HOSTS", "", comma_list,
+            "hosts (host or host:port) a job's callback_url may name; empty = callbacks off"),
+    Setting("jobs_callback_attempts", "LLM_JOBS_CALLBACK_ATTEMPTS", 5, positive_int,
+            "deliveries of a job's callback tried (backoff 1, 2, 4, … s) before giving up"),
+    Setting("jobs_callback_timeout_seconds", "LLM_JOBS_CALLBACK_TIMEOUT_SECONDS", 10,
+            positive_seconds, "how long one callback delivery waits for its answer, seconds"),
     Setting("jobs_max_result_mb", "LLM_JOBS_MAX_RESULT_MB", 16, positive_number,
             "largest result of one job, MB; a larger answer fails the job"),
     Setting("supervisor_socket", "LLM_SUPERVISOR_SOCKET", "/run/llm-service/supervisor.sock",
@@ -347,6 +353,9 @@ class Settings:
     jobs_max_stored: int
     jobs_max_stored_mb: float
     jobs_max_result_mb: float
+    jobs_callback_hosts: tuple[str, ...]
+    jobs_callback_attempts: int
+    jobs_callback_timeout_seconds: float
     config_file: Path | None = field(default=None)
 
     @classmethod

@@ -26,6 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import requests
+
+from management_api.jobs import callbacks
 from management_api.jobs import store as st
 from management_api.jobs.store import Job, JobStore
 
@@ -46,6 +49,7 @@ IDLE_WAIT_SECONDS = 0.5
 RETRYABLE_STATUSES = frozenset({429, 503})
 DEFAULT_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 60.0
+MAX_CALLBACK_BACKOFF_SECONDS = 60.0
 
 
 class JobsFull(Exception):
@@ -70,6 +74,11 @@ class JobLimits:
     max_finished: int = 10_000
     max_stored_bytes: int = 256 * 1024 * 1024
     max_result_bytes: int = 16 * 1024 * 1024
+    callback_hosts: tuple[str, ...] = ()
+    callback_attempts: int = 5
+    callback_timeout_seconds: float = 10.0
+    callback_backoff_seconds: float = 1.0  # then doubled per failed attempt, up to a minute
+    callback_senders: int = 2
 
 
 @dataclass
@@ -154,6 +163,12 @@ class JobManager:
             thread = threading.Thread(target=self._work, name=f"job-worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        for index in range(self.limits.callback_senders):
+            thread = threading.Thread(
+                target=self._send_callbacks, name=f"job-callback-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop taking jobs; running ones are cut off and go back to the queue."""
@@ -185,8 +200,10 @@ class JobManager:
         caller: str,
         priority: int = 0,
         callback_url: str | None = None,
+        base_url: str = "",
     ) -> Job:
-        """Store a new job (committed before this returns) and wake a worker."""
+        """Store a new job (committed before this returns) and wake a worker. A callback URL
+        must pass `callbacks.check_url` (the caller checks it first, to say why not)."""
         store = self.store
         if store.unfinished() >= self.limits.max_queued:
             raise JobsFull(self.limits.max_queued)
@@ -200,6 +217,7 @@ class JobManager:
             status=st.QUEUED,
             attempts=0,
             created_at=st.now(),
+            base_url=base_url,
         )
         store.insert(job)
         with self._wake:
@@ -236,8 +254,10 @@ class JobManager:
         counts = self.store.counts()
         return {**counts.by_status, "stored_bytes": counts.stored_bytes}
 
-    def view(self, job: Job, base_url: str = "") -> dict[str, Any]:
-        """A job as GET /api/jobs/{id} shows it."""
+    def view(self, job: Job, base_url: str | None = None) -> dict[str, Any]:
+        """A job as GET /api/jobs/{id} shows it (and its callback receives it)."""
+        if base_url is None:
+            base_url = job.base_url
         timings: dict[str, float | None] = {"queued_ms": None, "run_ms": None, "total_ms": None}
         if job.started_at is not None:
             timings["queued_ms"] = _ms(job.started_at - job.created_at)
@@ -265,6 +285,9 @@ class JobManager:
             "reason": job.reason,
             "history": [{**event, "at": _iso(event["at"])} for event in job.history],
             "callback_url": job.callback_url,
+            "callback": None
+            if job.callback_url is None
+            else {"state": job.callback_state, "attempts": job.callback_attempts},
         }
 
     # --- the workers
@@ -347,6 +370,52 @@ class JobManager:
             reason = f"{reason} (after {job.attempts} attempts)"
         store.finish(job.id, st.FAILED, http_status=status, error=outcome.body, reason=reason,
                      now=now)  # fmt: skip
+
+    # --- callbacks
+
+    def _send_callbacks(self) -> None:
+        session = requests.Session()
+        lease = callbacks.CONNECT_TIMEOUT_SECONDS + self.limits.callback_timeout_seconds + 5
+        try:
+            while not self._stopping.is_set():
+                try:
+                    job = self.store.take_callback(st.now(), lease)
+                except JobsNotRunning:
+                    return
+                except Exception:
+                    log.exception("jobs: reading due callbacks failed")
+                    job = None
+                if job is None:
+                    with self._wake:
+                        self._wake.wait(IDLE_WAIT_SECONDS)
+                    continue
+                self._callback(session, job)
+        finally:
+            session.close()
+
+    def _callback(self, session: requests.Session, job: Job) -> None:
+        assert job.callback_url is not None
+        try:
+            url = callbacks.check_url(job.callback_url, self.limits.callback_hosts)
+        except callbacks.CallbackRefused as exc:  # the allow-list changed since it was accepted
+            self.store.callback_attempted(job.id, delivered=False, status=None, error=str(exc),
+                                          retry_at=None, now=st.now())  # fmt: skip
+            return
+        delivered, status, error = callbacks.deliver(
+            session, url, self.view(job), self.limits.callback_timeout_seconds
+        )
+        attempt = job.callback_attempts + 1
+        retry_at = None
+        if not delivered and attempt < self.limits.callback_attempts:
+            delay = callbacks.backoff_seconds(
+                attempt, self.limits.callback_backoff_seconds, MAX_CALLBACK_BACKOFF_SECONDS
+            )
+            retry_at = st.now() + delay
+        if not delivered:
+            log.warning("jobs: callback %d of job %s to %s failed: %s", attempt, job.id,
+                        url.split("?")[0], error)  # fmt: skip
+        self.store.callback_attempted(job.id, delivered=delivered, status=status, error=error,
+                                      retry_at=retry_at, now=st.now())  # fmt: skip
 
     def _prune(self) -> None:
         removed = self.store.prune(

@@ -51,17 +51,36 @@ CREATE TABLE IF NOT EXISTS jobs (
     reason TEXT,
     result_bytes INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    history TEXT NOT NULL DEFAULT '[]'
+    history TEXT NOT NULL DEFAULT '[]',
+    base_url TEXT NOT NULL DEFAULT '',
+    callback_state TEXT,
+    callback_attempts INTEGER NOT NULL DEFAULT 0,
+    callback_next_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_caller ON jobs (caller, status);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_callbacks ON jobs (callback_next_at)
+    WHERE callback_state = 'pending';
 """
+# Columns added after the first version of the table: (name, declaration) for ALTER TABLE.
+ADDED_COLUMNS = (
+    ("base_url", "TEXT NOT NULL DEFAULT ''"),
+    ("callback_state", "TEXT"),
+    ("callback_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("callback_next_at", "REAL"),
+)
+PENDING, DELIVERED, UNDELIVERED = "pending", "delivered", "failed"
+# Every move to a final state queues the callback, when there is one.
+_QUEUE_CALLBACK = (
+    "callback_state = CASE WHEN callback_url IS NULL THEN NULL ELSE 'pending' END, "
+    "callback_next_at = ?"
+)
 
 _COLUMNS = (
     "id, route, body, caller, priority, callback_url, status, attempts, created_at, "
     "started_at, finished_at, not_before, http_status, result, error, reason, result_bytes, "
-    "cancel_requested, history"
+    "cancel_requested, history, base_url, callback_state, callback_attempts"
 )
 
 
@@ -86,12 +105,15 @@ class Job:
     result_bytes: int = 0
     cancel_requested: bool = False
     history: list[dict[str, Any]] = field(default_factory=list)
+    base_url: str = ""
+    callback_state: str | None = None
+    callback_attempts: int = 0
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Job:
         (id_, route, body, caller, priority, callback_url, status, attempts, created_at,
          started_at, finished_at, not_before, http_status, result, error, reason, result_bytes,
-         cancel_requested, history) = row  # fmt: skip
+         cancel_requested, history, base_url, callback_state, callback_attempts) = row  # fmt: skip
         return cls(
             id=id_,
             route=route,
@@ -112,6 +134,9 @@ class Job:
             result_bytes=result_bytes,
             cancel_requested=bool(cancel_requested),
             history=json.loads(history),
+            base_url=base_url,
+            callback_state=callback_state,
+            callback_attempts=callback_attempts,
         )
 
 
@@ -132,6 +157,11 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(SCHEMA.split("CREATE INDEX IF NOT EXISTS jobs_callbacks")[0])
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, declaration in ADDED_COLUMNS:
+            if name not in present:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
         self._db.executescript(SCHEMA)
 
     def close(self) -> None:
@@ -161,9 +191,9 @@ class JobStore:
         with self._lock:
             self._db.execute(
                 "INSERT INTO jobs (id, route, body, caller, priority, callback_url, status, "
-                "attempts, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                "attempts, created_at, base_url) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
                 (job.id, job.route, json.dumps(job.body, separators=(",", ":")), job.caller,
-                 job.priority, job.callback_url, QUEUED, job.created_at),
+                 job.priority, job.callback_url, QUEUED, job.created_at, job.base_url),
             )  # fmt: skip
 
     def claim(self, max_per_caller: int, owner: str, now: float) -> Job | None:
@@ -212,8 +242,20 @@ class JobStore:
         with self._lock:
             cursor = self._db.execute(
                 "UPDATE jobs SET status = ?, http_status = ?, result = ?, error = ?, reason = ?, "
-                "result_bytes = ?, finished_at = ?, owner = NULL WHERE id = ? AND status = ?",
-                (status, http_status, result_text, error_text, reason, size, now, job_id, RUNNING),
+                f"result_bytes = ?, finished_at = ?, owner = NULL, {_QUEUE_CALLBACK} "
+                "WHERE id = ? AND status = ?",
+                (
+                    status,
+                    http_status,
+                    result_text,
+                    error_text,
+                    reason,
+                    size,
+                    now,
+                    now,
+                    job_id,
+                    RUNNING,
+                ),
             )
             if cursor.rowcount == 1:
                 self._note(job_id, status, now, http_status=http_status, reason=reason)
@@ -236,9 +278,9 @@ class JobStore:
         it is afterwards, None when there is no such job."""
         with self._lock:
             self._db.execute(
-                "UPDATE jobs SET status = ?, finished_at = ?, reason = ? WHERE id = ? "
-                "AND status = ?",
-                (CANCELLED, now, "cancelled before it ran", job_id, QUEUED),
+                f"UPDATE jobs SET status = ?, finished_at = ?, reason = ?, {_QUEUE_CALLBACK} "
+                "WHERE id = ? AND status = ?",
+                (CANCELLED, now, "cancelled before it ran", now, job_id, QUEUED),
             )
             if cursor_changed(self._db):
                 self._note(job_id, CANCELLED, now, reason="cancelled before it ran")
@@ -266,19 +308,19 @@ class JobStore:
                     continue  # this process, or another live worker (a reload), runs it
                 if cancel_requested:
                     self._db.execute(
-                        "UPDATE jobs SET status = ?, finished_at = ?, owner = NULL, reason = ? "
-                        "WHERE id = ?",
-                        (CANCELLED, now, "cancelled; the service restarted while it ran",
+                        "UPDATE jobs SET status = ?, finished_at = ?, owner = NULL, reason = ?, "
+                        f"{_QUEUE_CALLBACK} WHERE id = ?",
+                        (CANCELLED, now, "cancelled; the service restarted while it ran", now,
                          job_id),
                     )  # fmt: skip
                     self._note(job_id, CANCELLED, now, reason="the service restarted")
                 elif attempts >= max_attempts:
                     failed += 1
                     self._db.execute(
-                        "UPDATE jobs SET status = ?, finished_at = ?, owner = NULL, reason = ? "
-                        "WHERE id = ?",
+                        "UPDATE jobs SET status = ?, finished_at = ?, owner = NULL, reason = ?, "
+                        f"{_QUEUE_CALLBACK} WHERE id = ?",
                         (FAILED, now, f"interrupted {attempts} times (the service restarted "
-                         f"while it ran); max_attempts is {max_attempts}", job_id),
+                         f"while it ran); max_attempts is {max_attempts}", now, job_id),
                     )  # fmt: skip
                     self._note(job_id, FAILED, now, reason="interrupted by a restart")
                 else:
@@ -297,7 +339,8 @@ class JobStore:
         marks = ",".join("?" * len(final))
         with self._lock:
             removed = self._db.execute(
-                f"DELETE FROM jobs WHERE status IN ({marks}) AND finished_at < ?",
+                f"DELETE FROM jobs WHERE status IN ({marks}) AND finished_at < ? "
+                "AND callback_state IS NOT 'pending'",
                 (*final, now - ttl_seconds),
             ).rowcount
             count, size = self._db.execute(
@@ -309,7 +352,7 @@ class JobStore:
                 return removed
             rows = self._db.execute(
                 f"SELECT seq, result_bytes FROM jobs WHERE status IN ({marks}) "
-                "ORDER BY finished_at, seq",
+                "AND callback_state IS NOT 'pending' ORDER BY finished_at, seq",
                 final,
             ).fetchall()
             doomed = []
@@ -321,6 +364,55 @@ class JobStore:
             self._db.executemany("DELETE FROM jobs WHERE seq = ?", doomed)
             removed += len(doomed)
             return removed
+
+    # --- callbacks
+
+    def take_callback(self, now: float, lease_seconds: float) -> Job | None:
+        """A job whose callback is due, leased for `lease_seconds` (another sender skips it)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT id FROM jobs WHERE callback_state = ? AND callback_next_at <= ? "
+                    "ORDER BY callback_next_at LIMIT 1",
+                    (PENDING, now),
+                ).fetchone()
+                job = None
+                if row is not None:
+                    self._db.execute(
+                        "UPDATE jobs SET callback_next_at = ? WHERE id = ?",
+                        (now + lease_seconds, row[0]),
+                    )
+                    job = self._one("id = ?", (row[0],))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return job
+
+    def callback_attempted(
+        self,
+        job_id: str,
+        *,
+        delivered: bool,
+        status: int | None,
+        error: str | None,
+        retry_at: float | None,
+        now: float,
+    ) -> None:
+        """Record one delivery attempt: delivered, to be retried at `retry_at`, or given up."""
+        state = DELIVERED if delivered else (PENDING if retry_at is not None else UNDELIVERED)
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET callback_state = ?, callback_attempts = callback_attempts + 1, "
+                "callback_next_at = ? WHERE id = ?",
+                (state, retry_at, job_id),
+            )
+            attempts = self._db.execute(
+                "SELECT callback_attempts FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+            self._note(job_id, "callback", now, callback_attempt=attempts[0] if attempts else None,
+                       status=status, error=error, outcome=state)  # fmt: skip
 
     # --- reads
 

@@ -29,6 +29,7 @@ from management_api import errors
 from management_api.access.auth import ADMIN, ApiKey, KeyRing
 from management_api.access.hooks import take_key_place
 from management_api.bodies import json_object
+from management_api.jobs import callbacks
 from management_api.jobs import store as st
 from management_api.jobs.manager import (
     ANONYMOUS,
@@ -98,7 +99,10 @@ def _validated(payload: dict[str, Any]) -> tuple[str, dict[str, Any], int, str |
         raise _bad(f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}", "priority")
     callback_url = payload.get("callback_url")
     if callback_url is not None:
-        raise _bad("callback_url is not supported yet: poll status_url", "callback_url")
+        try:
+            callbacks.check_url(callback_url, _manager().limits.callback_hosts)
+        except callbacks.CallbackRefused as exc:
+            raise _bad(str(exc), "callback_url") from None
     return route, body, priority, callback_url
 
 
@@ -107,7 +111,12 @@ def submit() -> ResponseReturnValue:
     route, body, priority, callback_url = _validated(json_object(request.get_data(cache=False)))
     try:
         job = _manager().submit(
-            route=route, body=body, caller=_caller(), priority=priority, callback_url=callback_url
+            route=route,
+            body=body,
+            caller=_caller(),
+            priority=priority,
+            callback_url=callback_url,
+            base_url=_base_url(),
         )
     except JobsFull as exc:
         raise errors.ConcurrencyLimit(

@@ -32,6 +32,7 @@ def test_defaults():
     assert (s.jobs_workers, s.jobs_max_concurrent, s.jobs_max_queued) == (4, 2, 10000)
     assert (s.jobs_max_attempts, s.jobs_ttl_seconds) == (3, 86400)
     assert (s.jobs_max_stored, s.jobs_max_stored_mb, s.jobs_max_result_mb) == (10000, 256, 16)
+    assert s.jobs_callback_hosts == () and s.jobs_callback_attempts == 5
 
 
 def test_every_variable_is_read_from_the_environment(tmp_path):
@@ -79,6 +80,9 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
         "LLM_JOBS_MAX_STORED": "100",
         "LLM_JOBS_MAX_STORED_MB": "1.5",
         "LLM_JOBS_MAX_RESULT_MB": "0.5",
+        "LLM_JOBS_CALLBACK_HOSTS": "n8n, hooks.example.com:8443",
+        "LLM_JOBS_CALLBACK_ATTEMPTS": "2",
+        "LLM_JOBS_CALLBACK_TIMEOUT_SECONDS": "4",
     }
     assert set(env) == {s.variable for s in SETTINGS}, "test must cover every declared setting"
     s = Settings.load(env)
@@ -110,6 +114,8 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
     assert (s.jobs_workers, s.jobs_max_concurrent, s.jobs_max_queued) == (8, 3, 50)
     assert (s.jobs_max_attempts, s.jobs_ttl_seconds, s.jobs_max_stored) == (5, 3600, 100)
     assert (s.jobs_max_stored_mb, s.jobs_max_result_mb) == (1.5, 0.5)
+    assert s.jobs_callback_hosts == ("n8n", "hooks.example.com:8443")
+    assert (s.jobs_callback_attempts, s.jobs_callback_timeout_seconds) == (2, 4)
 
 
 def test_state_dir_follows_the_log_dir_and_must_be_a_directory(tmp_path):
