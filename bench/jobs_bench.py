@@ -7,6 +7,9 @@ Run: ``.venv/bin/python -m bench.jobs_bench [N]`` (N requests per figure, defaul
   p50 of the direct request; p50 of the job's own ``total_ms`` (stored when it was accepted →
   stored when it ended; what the service adds, without polling); p50 from the client's submit
   to the first poll that saw ``succeeded`` (what a polling client sees).
+- batch: a 1,000-line ``/v1/chat/completions`` batch through the ``openai`` SDK (upload,
+  create, poll every 0.2 s, download the output) against the same 1,000 requests sent directly
+  by 4 client threads (the jobs run 4 at a time: LLM_JOBS_MAX_CONCURRENT=4, 4 workers).
 - restart-resume: 20 queued jobs of 1.0 s generations (4 at a time), the worker SIGKILLed
   while the first 4 run; the time until a new worker answers, until every job has ended, and
   how often each job reached the emulator.
@@ -14,14 +17,18 @@ Run: ``.venv/bin/python -m bench.jobs_bench [N]`` (N requests per figure, defaul
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import openai
 import requests
 
 from tests.fake_ollama.harness import FakeOllama
@@ -68,6 +75,37 @@ def overhead(url: str, count: int) -> dict[str, float]:
         "job_total_ms_p50": _p50(stored),
         "job_client_seen_p50_ms": _p50(seen),
     }
+
+
+def batch_vs_direct(url: str, count: int = 1000) -> dict[str, float]:
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    session = requests.Session()
+
+    def direct(_: int) -> None:
+        session.post(url + "/v1/chat/completions", json=body, timeout=30).raise_for_status()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(direct, range(count)))
+    direct_s = time.perf_counter() - started
+    lines = "\n".join(
+        json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                    "body": body})
+        for i in range(count)
+    )  # fmt: skip
+    started = time.perf_counter()
+    uploaded = client.files.create(file=("b.jsonl", io.BytesIO(lines.encode())), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")  # fmt: skip
+    while batch.status not in ("completed", "failed", "cancelled"):
+        time.sleep(0.2)
+        batch = client.batches.retrieve(batch.id)
+    output = client.files.content(batch.output_file_id).text.splitlines()
+    batch_s = time.perf_counter() - started
+    assert len(output) == count, batch
+    return {"direct_4_threads_s": round(direct_s, 2), "batch_s": round(batch_s, 2),
+            "completed": batch.request_counts.completed}  # fmt: skip
 
 
 def restart_resume(emulator: FakeOllama, folder: Path) -> dict[str, float]:
@@ -144,9 +182,11 @@ def main() -> None:
             "LLM_LIMITS_FILE": str(folder / "limits.toml"),
             "LLM_STATE_DIR": str(folder / "state"),
             "LLM_OLLAMA_LOG_FILE": str(folder / "ollama.log"),
+            "LLM_JOBS_MAX_CONCURRENT": "4",
         }
         with ServiceProcess(env=env) as service:
             print("overhead:", overhead(service.management_url, count))
+            print("batch of 1000:", batch_vs_direct(service.management_url))
         print("restart-resume:", restart_resume(emulator, folder))
 
 

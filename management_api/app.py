@@ -20,6 +20,7 @@ from management_api.routes import (
     models,
     ollama_api,
     openai_api,
+    openai_batches,
     stats,
     status,
     tasks,
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(hermes_api.bp)
     app.register_blueprint(tasks.bp)
     jobs.init_app(app, keyring)
+    app.register_blueprint(openai_batches.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(ollama_api.bp)

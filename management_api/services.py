@@ -19,6 +19,7 @@ from management_api import __version__, names
 from management_api.cache.service import ResponseCache
 from management_api.health.checks import HealthChecker, OllamaProbe
 from management_api.health.healing import Healer
+from management_api.jobs.batches import Batches
 from management_api.jobs.manager import JobLimits, JobManager
 from management_api.metrics import Metrics, StateCollector
 from management_api.models.catalog import Catalog
@@ -76,6 +77,7 @@ class Services:
     tasks: TasksReloader
     orchestrator: Orchestrator
     jobs: JobManager
+    batches: Batches
     cache: ResponseCache | None = None  # None when LLM_CACHE_MAX_MB is 0
     rejections: RecentRejections = field(default_factory=RecentRejections)
     status: StatusBuilder | None = None
@@ -220,6 +222,7 @@ class Services:
             tasks=tasks,
             orchestrator=orchestrator,
             jobs=jobs,
+            batches=Batches(jobs),
             cache=cache,
             rejections=rejections,
             started_at=started_at,
@@ -240,6 +243,7 @@ class Services:
         services.on_start(tasks.start, tasks.stop)
         # Last: jobs run requests through everything above, and stop first.
         services.on_start(jobs.start, jobs.stop)
+        services.on_start(services.batches.open, lambda: None)
         # Further services (pull jobs, healing, metrics) register here, in dependency order.
         return services
 

@@ -134,6 +134,7 @@ class JobManager:
         self._last_prune = time.monotonic()  # start() prunes once
         self._prune_lock = threading.Lock()
         self.recovered = (0, 0)
+        self.on_job_end: Callable[[Job], None] | None = None  # the batches module listens
         self._identity = ""
 
     def bind(self, execute: Executor) -> None:
@@ -224,6 +225,11 @@ class JobManager:
             self._wake.notify()
         return job
 
+    def wake(self) -> None:
+        """New jobs were stored outside `submit` (a batch): let the workers look."""
+        with self._wake:
+            self._wake.notify_all()
+
     def get(self, job_id: str) -> Job | None:
         return self.store.get(job_id)
 
@@ -304,6 +310,8 @@ class JobManager:
                 continue
             try:
                 self._run(run)
+                if self.on_job_end is not None:
+                    self.on_job_end(run.job)
             except Exception:
                 log.exception("jobs: job %s failed outside its request", run.job.id)
             finally:

@@ -55,13 +55,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     base_url TEXT NOT NULL DEFAULT '',
     callback_state TEXT,
     callback_attempts INTEGER NOT NULL DEFAULT 0,
-    callback_next_at REAL
+    callback_next_at REAL,
+    batch_id TEXT,
+    custom_id TEXT,
+    batch_line INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, priority DESC, seq);
 CREATE INDEX IF NOT EXISTS jobs_caller ON jobs (caller, status);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_callbacks ON jobs (callback_next_at)
     WHERE callback_state = 'pending';
+CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id, batch_line) WHERE batch_id IS NOT NULL;
 """
 # Columns added after the first version of the table: (name, declaration) for ALTER TABLE.
 ADDED_COLUMNS = (
@@ -69,6 +73,9 @@ ADDED_COLUMNS = (
     ("callback_state", "TEXT"),
     ("callback_attempts", "INTEGER NOT NULL DEFAULT 0"),
     ("callback_next_at", "REAL"),
+    ("batch_id", "TEXT"),
+    ("custom_id", "TEXT"),
+    ("batch_line", "INTEGER"),
 )
 PENDING, DELIVERED, UNDELIVERED = "pending", "delivered", "failed"
 # Every move to a final state queues the callback, when there is one.
@@ -80,7 +87,8 @@ _QUEUE_CALLBACK = (
 _COLUMNS = (
     "id, route, body, caller, priority, callback_url, status, attempts, created_at, "
     "started_at, finished_at, not_before, http_status, result, error, reason, result_bytes, "
-    "cancel_requested, history, base_url, callback_state, callback_attempts"
+    "cancel_requested, history, base_url, callback_state, callback_attempts, batch_id, custom_id, "
+    "batch_line"
 )
 
 
@@ -108,12 +116,16 @@ class Job:
     base_url: str = ""
     callback_state: str | None = None
     callback_attempts: int = 0
+    batch_id: str | None = None
+    custom_id: str | None = None
+    batch_line: int | None = None
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> Job:
         (id_, route, body, caller, priority, callback_url, status, attempts, created_at,
          started_at, finished_at, not_before, http_status, result, error, reason, result_bytes,
-         cancel_requested, history, base_url, callback_state, callback_attempts) = row  # fmt: skip
+         cancel_requested, history, base_url, callback_state, callback_attempts, batch_id,
+         custom_id, batch_line) = row  # fmt: skip
         return cls(
             id=id_,
             route=route,
@@ -137,6 +149,9 @@ class Job:
             base_url=base_url,
             callback_state=callback_state,
             callback_attempts=callback_attempts,
+            batch_id=batch_id,
+            custom_id=custom_id,
+            batch_line=batch_line,
         )
 
 
@@ -189,12 +204,42 @@ class JobStore:
 
     def insert(self, job: Job) -> None:
         with self._lock:
-            self._db.execute(
-                "INSERT INTO jobs (id, route, body, caller, priority, callback_url, status, "
-                "attempts, created_at, base_url) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                (job.id, job.route, json.dumps(job.body, separators=(",", ":")), job.caller,
-                 job.priority, job.callback_url, QUEUED, job.created_at, job.base_url),
-            )  # fmt: skip
+            self._insert(job)
+
+    def _insert(self, job: Job) -> None:
+        self._db.execute(
+            "INSERT INTO jobs (id, route, body, caller, priority, callback_url, status, "
+            "attempts, created_at, base_url, batch_id, custom_id, batch_line) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+            (job.id, job.route, json.dumps(job.body, separators=(",", ":")), job.caller,
+             job.priority, job.callback_url, QUEUED, job.created_at, job.base_url, job.batch_id,
+             job.custom_id, job.batch_line),
+        )  # fmt: skip
+
+    def transaction(self, work: Any) -> Any:
+        """Run ``work(insert_job, execute)`` in one transaction (all or nothing, one fsync)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                outcome = work(self._insert, self._db.execute)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return outcome
+
+    def read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query (the batches module keeps its tables in this file)."""
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    def batch_jobs(self, batch_id: str) -> list[Job]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM jobs WHERE batch_id = ? ORDER BY batch_line",
+                (batch_id,),
+            ).fetchall()
+        return [Job.from_row(row) for row in rows]
 
     def claim(self, max_per_caller: int, owner: str, now: float) -> Job | None:
         """The next queued job whose caller has fewer than `max_per_caller` running, now marked
@@ -345,14 +390,16 @@ class JobStore:
             ).rowcount
             count, size = self._db.execute(
                 f"SELECT COUNT(*), COALESCE(SUM(result_bytes), 0) FROM jobs "
-                f"WHERE status IN ({marks})",
+                f"WHERE status IN ({marks}) AND callback_state IS NOT 'pending' "
+                "AND batch_id IS NULL",
                 final,
             ).fetchone()
             if count <= max_finished and size <= max_bytes:
                 return removed
             rows = self._db.execute(
                 f"SELECT seq, result_bytes FROM jobs WHERE status IN ({marks}) "
-                "AND callback_state IS NOT 'pending' ORDER BY finished_at, seq",
+                "AND callback_state IS NOT 'pending' AND batch_id IS NULL "
+                "ORDER BY finished_at, seq",
                 final,
             ).fetchall()
             doomed = []

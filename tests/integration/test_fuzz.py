@@ -141,6 +141,15 @@ SWEEP_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/api/jobs", {"query": {"status": "queued"}}),
     ("GET", "/api/jobs/{job_id}", {"path_parameters": {"job_id": "job_0123456789abcdef"}}),
     ("DELETE", "/api/jobs/{job_id}", {"path_parameters": {"job_id": "job_0123456789abcdef"}}),
+    ("POST", "/v1/files", {"body": {"purpose": "batch", "file": b'{"custom_id": "a"}\n'},
+                           "media_type": "multipart/form-data"}),
+    ("GET", "/v1/files/{file_id}", {"path_parameters": {"file_id": "file-0123456789abcdef"}}),
+    ("GET", "/v1/files/{file_id}/content", {"path_parameters": {"file_id": "file-0123"}}),
+    ("POST", "/v1/batches", {"body": {"input_file_id": "file-0123", "completion_window": "24h",
+                                      "endpoint": "/v1/embeddings"}}),
+    ("GET", "/v1/batches", {"query": {"limit": 5}}),
+    ("GET", "/v1/batches/{batch_id}", {"path_parameters": {"batch_id": "batch_0123"}}),
+    ("POST", "/v1/batches/{batch_id}/cancel", {"path_parameters": {"batch_id": "batch_0123"}}),
 ]  # fmt: skip
 # Answered without a key in every mode (the status page's files carry no data).
 PUBLIC_STATUSES = {"GET /ui": 308, "GET /ui/": 200, "GET /ui/{name}": 200}
@@ -157,6 +166,8 @@ READS_ITS_BODY = {
     ("POST", "/v1/llm/{model}/stream"),
     ("POST", "/v1/infer"),
     ("POST", "/api/jobs"),
+    ("POST", "/v1/files"),
+    ("POST", "/v1/batches"),
 }
 
 
