@@ -31,38 +31,6 @@ MAX_LINES = 50_000
 MAX_CUSTOM_ID = 512
 BATCH_PRIORITY = -1  # behind jobs submitted one by one
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    id TEXT PRIMARY KEY,
-    purpose TEXT NOT NULL,
-    filename TEXT NOT NULL,
-    bytes INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    caller TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS batches (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    endpoint TEXT NOT NULL,
-    input_file_id TEXT NOT NULL,
-    completion_window TEXT NOT NULL,
-    status TEXT NOT NULL,
-    caller TEXT NOT NULL,
-    metadata TEXT,
-    created_at REAL NOT NULL,
-    in_progress_at REAL,
-    finalizing_at REAL,
-    completed_at REAL,
-    cancelling_at REAL,
-    cancelled_at REAL,
-    output_file_id TEXT,
-    error_file_id TEXT,
-    total INTEGER NOT NULL,
-    completed INTEGER NOT NULL DEFAULT 0,
-    failed INTEGER NOT NULL DEFAULT 0,
-    invalid TEXT NOT NULL DEFAULT '[]'
-);
-"""
 _BATCH_COLUMNS = (
     "id, endpoint, input_file_id, completion_window, status, caller, metadata, created_at, "
     "in_progress_at, finalizing_at, completed_at, cancelling_at, cancelled_at, output_file_id, "
@@ -116,9 +84,9 @@ class Batches:
     def open(self) -> None:
         if self._opened:
             return
-        self.manager.store.transaction(lambda _insert, execute: _create(execute))
         self.files_dir.mkdir(parents=True, exist_ok=True)
         self.manager.on_job_end = self._job_ended
+        self.manager.on_prune = self.prune
         self._opened = True
         for (batch_id,) in self.manager.store.read(
             "SELECT id FROM batches WHERE status IN ('in_progress', 'cancelling')"
@@ -288,6 +256,29 @@ class Batches:
                     self.manager.cancel(job.id)
         return self.get(batch_id)
 
+    def prune(self, ttl_seconds: float, now: float) -> int:
+        """Forget ended batches and files older than the TTL (files still read by a running
+        batch stay), with their files on disk and their jobs."""
+        cutoff = now - ttl_seconds
+        doomed_batches = [row[0] for row in self.manager.store.read(
+            "SELECT id FROM batches WHERE status IN ('completed', 'cancelled') "
+            "AND COALESCE(completed_at, cancelled_at) < ?", (cutoff,))]  # fmt: skip
+        doomed_files = [row[0] for row in self.manager.store.read(
+            "SELECT id FROM files WHERE created_at < ? AND id NOT IN (SELECT input_file_id FROM "
+            "batches WHERE status IN ('in_progress', 'cancelling'))", (cutoff,))]  # fmt: skip
+
+        def forget(_insert: Any, execute: Any) -> None:
+            for batch_id in doomed_batches:
+                execute("DELETE FROM jobs WHERE batch_id = ?", (batch_id,))
+                execute("DELETE FROM batches WHERE id = ?", (batch_id,))
+            for file_id in doomed_files:
+                execute("DELETE FROM files WHERE id = ?", (file_id,))
+
+        self.manager.store.transaction(forget)
+        for file_id in doomed_files:
+            (self.files_dir / file_id).unlink(missing_ok=True)
+        return len(doomed_batches) + len(doomed_files)
+
     # --- finalizing
 
     def _job_ended(self, job: Job) -> None:
@@ -378,12 +369,6 @@ class Batches:
             "request_counts": {"total": row["total"], "completed": completed, "failed": failed},
             "metadata": json.loads(row["metadata"]) if row["metadata"] else None,
         }
-
-
-def _create(execute: Any) -> None:
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            execute(statement)
 
 
 def _parse_lines(

@@ -135,6 +135,7 @@ class JobManager:
         self._prune_lock = threading.Lock()
         self.recovered = (0, 0)
         self.on_job_end: Callable[[Job], None] | None = None  # the batches module listens
+        self.on_prune: Callable[[float, float], int] | None = None  # (ttl, now) → removed
         self._identity = ""
 
     def bind(self, execute: Executor) -> None:
@@ -432,8 +433,11 @@ class JobManager:
             max_bytes=self.limits.max_stored_bytes,
             now=st.now(),
         )
+        if self.on_prune is not None:
+            removed += self.on_prune(self.limits.ttl_seconds, st.now())
         if removed:
-            log.info("jobs: %d finished jobs pruned (TTL, count or size bound)", removed)
+            log.info("jobs: %d finished jobs, batches or files pruned (TTL, count or size "
+                     "bound)", removed)  # fmt: skip
 
 
 def _message(body: Any) -> str | None:

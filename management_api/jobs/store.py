@@ -67,6 +67,41 @@ CREATE INDEX IF NOT EXISTS jobs_callbacks ON jobs (callback_next_at)
     WHERE callback_state = 'pending';
 CREATE INDEX IF NOT EXISTS jobs_batch ON jobs (batch_id, batch_line) WHERE batch_id IS NOT NULL;
 """
+# The Batch API's tables (jobs/batches.py), in the same file: a batch and its jobs commit
+# together.
+BATCH_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY,
+    purpose TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    caller TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    endpoint TEXT NOT NULL,
+    input_file_id TEXT NOT NULL,
+    completion_window TEXT NOT NULL,
+    status TEXT NOT NULL,
+    caller TEXT NOT NULL,
+    metadata TEXT,
+    created_at REAL NOT NULL,
+    in_progress_at REAL,
+    finalizing_at REAL,
+    completed_at REAL,
+    cancelling_at REAL,
+    cancelled_at REAL,
+    output_file_id TEXT,
+    error_file_id TEXT,
+    total INTEGER NOT NULL,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    invalid TEXT NOT NULL DEFAULT '[]'
+);
+"""
+
 # Columns added after the first version of the table: (name, declaration) for ALTER TABLE.
 ADDED_COLUMNS = (
     ("base_url", "TEXT NOT NULL DEFAULT ''"),
@@ -178,6 +213,7 @@ class JobStore:
             if name not in present:
                 self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
         self._db.executescript(SCHEMA)
+        self._db.executescript(BATCH_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -385,7 +421,8 @@ class JobStore:
         with self._lock:
             removed = self._db.execute(
                 f"DELETE FROM jobs WHERE status IN ({marks}) AND finished_at < ? "
-                "AND callback_state IS NOT 'pending'",
+                "AND callback_state IS NOT 'pending' AND (batch_id IS NULL OR batch_id NOT IN "
+                "(SELECT id FROM batches WHERE status IN ('in_progress', 'cancelling')))",
                 (*final, now - ttl_seconds),
             ).rowcount
             count, size = self._db.execute(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -11,7 +13,7 @@ import openai
 import pytest
 import requests
 
-from tests.integration.test_jobs import FAST, _env, _folder
+from tests.integration.test_jobs import FAST, _env, _folder, _wait_new_worker, _worker_pid
 from tests.service_harness import ServiceProcess
 
 
@@ -137,3 +139,34 @@ def test_refusals_come_in_the_openai_envelope(client, batch_service):
                              data={"purpose": "fine-tune"},
                              files={"file": ("x.jsonl", b"{}")})  # fmt: skip
     assert response.status_code == 400 and response.json()["error"]["param"] == "purpose"
+
+
+def test_a_batch_survives_a_killed_worker(emulator, tmp_path_factory):
+    """Each line's answer reaches the output file once, and Ollama answered it once."""
+    emulator.reset()
+    emulator.set_model(FAST, tokens=10, tokens_per_second=10, ttft_seconds=0)  # 1 s each
+    folder = _folder(tmp_path_factory)
+    env = _env(folder, emulator, LLM_JOBS_MAX_CONCURRENT="4")
+    with ServiceProcess(env=env) as process:
+        client = openai.OpenAI(base_url=process.proxy_url + "/v1", api_key="x", max_retries=0)
+        uploaded = client.files.create(file=("r.jsonl", io.BytesIO("\n".join(
+            line(f"k{i}", "/v1/chat/completions", {"model": FAST, "messages": [
+                {"role": "user", "content": "x"}]}) for i in range(8)
+        ).encode())), purpose="batch")  # fmt: skip
+        batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                      completion_window="24h")  # fmt: skip
+        emulator.wait_for(lambda o: o["requests"].get("POST /v1/chat/completions", 0) >= 4)
+        old = _worker_pid(process)
+        os.kill(old, signal.SIGKILL)
+        _wait_new_worker(process, old)
+        done = wait_batch(client, batch.id, timeout=30)
+        assert done.status == "completed" and done.request_counts.completed == 8
+        output = [json.loads(x) for x in client.files.content(done.output_file_id).text
+                  .splitlines()]  # fmt: skip
+        assert [o["custom_id"] for o in output] == [f"k{i}" for i in range(8)]
+        records = emulator.observations()["connections"]
+        for entry in output:
+            job_id = entry["id"].removeprefix("batch_req_")
+            completed = [c for c in records if (c["request_id"] or "").startswith(f"job-{job_id}-")
+                         and c["outcome"] == "completed"]  # fmt: skip
+            assert len(completed) == 1, entry

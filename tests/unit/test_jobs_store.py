@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from management_api.jobs import store as st
+from management_api.jobs.batches import Batches
+from management_api.jobs.manager import JobLimits, JobManager
 from management_api.jobs.store import Job, JobStore
 
 
@@ -102,3 +104,23 @@ def test_a_process_identity_tells_a_reused_pid_and_a_zombie_from_the_owner():
         pass
     assert not st._process_alive(identity)
     child.wait()
+
+
+def test_ended_batches_and_old_files_are_pruned_with_their_files_on_disk(tmp_path):
+    manager = JobManager(tmp_path, JobLimits(workers=1, callback_senders=0))
+    manager.start()
+    try:
+        batches = Batches(manager)
+        batches.open()
+        bad = batches.create_file(b"not json\n", filename="in.jsonl", purpose="batch", caller="")
+        batch = batches.create(input_file_id=bad.id, endpoint="/v1/embeddings",
+                               completion_window="24h", metadata=None, caller="")  # fmt: skip
+        assert batch["status"] == "completed" and batch["request_counts"]["failed"] == 1
+        error_file = batches.get_file(batch["error_file_id"])
+        assert b"line 1" in batches.file_content(error_file)
+        assert batches.prune(ttl_seconds=3600, now=st.now()) == 0  # young: kept
+        assert batches.prune(ttl_seconds=3600, now=st.now() + 7200) == 3  # batch + 2 files
+        assert batches.get(batch["id"]) is None and batches.get_file(bad.id) is None
+        assert list(batches.files_dir.iterdir()) == []
+    finally:
+        manager.stop()
