@@ -20,7 +20,7 @@ from tests.service_harness import ServiceProcess
 class Target:
     """An HTTP server that records every POST and answers the statuses scripted per path."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.received: list[dict] = []
         self.scripts: dict[str, list[tuple[int, dict[str, str]]]] = {}
         self.lock = threading.Lock()
@@ -46,7 +46,7 @@ class Target:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -178,3 +178,34 @@ def test_without_an_allow_list_callbacks_are_refused(svc_default):
 def svc_default(service_process):
     process, _ = service_process
     return process
+
+
+def test_a_pending_callback_is_delivered_after_a_restart(emulator, tmp_path_factory):
+    """The target is down while the job ends; the service restarts; the callback still comes."""
+    emulator.reset()
+    late = Target()
+    port = late.port
+    late.close()  # nothing listens there now: every attempt fails to connect
+    folder = _folder(tmp_path_factory)
+    env = _env(folder, emulator, LLM_JOBS_CALLBACK_HOSTS=f"127.0.0.1:{port}",
+               LLM_JOBS_CALLBACK_ATTEMPTS="10")  # fmt: skip
+    with ServiceProcess(env=env) as process:
+        accepted = submit(process.management_url, "/api/embed", {"model": FAST, "input": "a"},
+                          callback_url=f"http://127.0.0.1:{port}/after")  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            job = requests.get(f"{process.management_url}/api/jobs/{accepted['id']}",
+                               timeout=5).json()  # fmt: skip
+            if job["callback"]["attempts"] >= 1:
+                break
+            assert time.monotonic() < deadline, job
+            time.sleep(0.05)
+        assert job["callback"]["state"] == "pending"
+    back = Target(port)
+    try:
+        with ServiceProcess(env=env) as again:
+            job = wait_callback(again.management_url, accepted["id"], "delivered", timeout=20)
+            assert job["callback"]["attempts"] >= 2
+            assert [p["body"]["id"] for p in back.posts("/after")] == [accepted["id"]]
+    finally:
+        back.close()
