@@ -63,7 +63,9 @@ RUN if id -u ubuntu >/dev/null 2>&1; then userdel --remove ubuntu; fi \
     && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/ollama --shell /bin/bash \
         --groups video,render ollama \
     && mkdir -p /home/ollama/.ollama/models /var/log/llm-service /run/llm-service \
+        /var/lib/llm-service \
     && chown -R ollama:ollama /home/ollama/.ollama /var/log/llm-service /run/llm-service \
+        /var/lib/llm-service \
     && chmod 0700 /run/llm-service
 
 COPY --from=ollama /usr/bin/ollama /usr/bin/ollama
@@ -82,6 +84,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     LLM_PYTHON=/opt/venv/bin/python \
     LLM_LOG_DIR=/var/log/llm-service \
     LLM_RUN_DIR=/run/llm-service \
+    LLM_STATE_DIR=/var/lib/llm-service \
     LLM_SUPERVISOR_SOCKET=/run/llm-service/supervisor.sock \
     OLLAMA_MODELS=/home/ollama/.ollama/models \
     NVIDIA_VISIBLE_DEVICES=all \

@@ -17,10 +17,12 @@ from management_api.routes import (
     healing,
     health,
     hermes_api,
+    jobs,
     management,
     models,
     ollama_api,
     openai_api,
+    openai_batches,
     stats,
     status,
     tasks,
@@ -56,6 +58,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(status.bp)
     app.register_blueprint(hermes_api.bp)
     app.register_blueprint(tasks.bp)
+    jobs.init_app(app, keyring)
+    app.register_blueprint(openai_batches.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(openai_api.bp)
     app.register_blueprint(ollama_api.bp)

@@ -10,6 +10,9 @@ machine `type`. `error_body` builds the JSON for the protocol of the route that 
 * Hermes-style routes (``/v1/llm/…``, ``/v1/status``): Hermes' taxonomy
   (``validation_error``, ``model_not_found``, ``timeout``, ``concurrency_limit``, …).
 
+Every 429 body also carries ``retry_after_seconds`` (an integer, top level, in every flavor): the
+``Retry-After`` header's value, which n8n and other tools that keep only the body would lose.
+
 Responses we generate carry ``X-Error-Source: llm-service`` so they can be told apart from
 errors Ollama sent that the proxy passed through unchanged. No exception text ever reaches a
 client: unexpected failures become a 500 with the request id, and the traceback goes to the log.
@@ -155,9 +158,23 @@ def openai_type_for_status(status: int) -> str:
     return _OPENAI_TYPES.get(status, "api_error")
 
 
+RETRY_AFTER_DEFAULT_SECONDS = 1
+
+
+def retry_after_seconds(err: ApiError) -> int | None:
+    """The seconds a 429 asks the client to wait (its ``Retry-After``), None for other statuses."""
+    if err.status != 429:
+        return None
+    try:
+        return max(0, int(err.headers.get("Retry-After", RETRY_AFTER_DEFAULT_SECONDS)))
+    except ValueError:
+        return RETRY_AFTER_DEFAULT_SECONDS
+
+
 def error_body(err: ApiError, flavor: str = OLLAMA) -> dict[str, Any]:
+    retry = retry_after_seconds(err)
     if flavor == OPENAI:
-        return {
+        envelope: dict[str, Any] = {
             "error": {
                 "message": err.message,
                 "type": openai_type_for_status(err.status),
@@ -165,6 +182,9 @@ def error_body(err: ApiError, flavor: str = OLLAMA) -> dict[str, Any]:
                 "code": err.type,
             }
         }
+        if retry is not None:
+            envelope["retry_after_seconds"] = retry
+        return envelope
     body: dict[str, Any] = {"error": err.message}
     if flavor == HERMES:
         body["type"] = (
@@ -175,12 +195,16 @@ def error_body(err: ApiError, flavor: str = OLLAMA) -> dict[str, Any]:
     else:
         body["type"] = err.type
     body.update(err.extra)
+    if retry is not None:
+        body["retry_after_seconds"] = retry
     return body
 
 
 def render_error(err: ApiError, flavor: str) -> tuple[int, list[tuple[str, str]], bytes]:
     """Status, headers and body of an error response, without Flask (the fast path uses it)."""
     payload = (json.dumps(error_body(err, flavor), separators=(",", ":")) + "\n").encode()
+    if err.status == 429 and "Retry-After" not in err.headers:
+        err.headers["Retry-After"] = str(RETRY_AFTER_DEFAULT_SECONDS)  # the body says it too
     headers = [
         ("Content-Type", "application/json"),
         ("Content-Length", str(len(payload))),

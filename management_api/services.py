@@ -19,6 +19,8 @@ from management_api import __version__, names
 from management_api.cache.service import ResponseCache
 from management_api.health.checks import HealthChecker, OllamaProbe
 from management_api.health.healing import Healer
+from management_api.jobs.batches import Batches
+from management_api.jobs.manager import JobLimits, JobManager
 from management_api.metrics import Metrics, StateCollector
 from management_api.models.catalog import Catalog
 from management_api.models.pulls import PullManager
@@ -74,6 +76,8 @@ class Services:
     pulls: PullManager
     tasks: TasksReloader
     orchestrator: Orchestrator
+    jobs: JobManager
+    batches: Batches
     cache: ResponseCache | None = None  # None when LLM_CACHE_MAX_MB is 0
     rejections: RecentRejections = field(default_factory=RecentRejections)
     status: StatusBuilder | None = None
@@ -182,6 +186,22 @@ class Services:
         known_models = _KnownModels(catalog, limiter, tasks)
         metrics.known_models = known_models
         gateway.known_models = known_models
+        jobs = JobManager(
+            settings.state_dir,
+            JobLimits(
+                workers=settings.jobs_workers,
+                max_per_caller=settings.jobs_max_concurrent,
+                max_queued=settings.jobs_max_queued,
+                max_attempts=settings.jobs_max_attempts,
+                ttl_seconds=settings.jobs_ttl_seconds,
+                max_finished=settings.jobs_max_stored,
+                max_stored_bytes=round(settings.jobs_max_stored_mb * 1024 * 1024),
+                max_result_bytes=round(settings.jobs_max_result_mb * 1024 * 1024),
+                callback_hosts=settings.jobs_callback_hosts,
+                callback_attempts=settings.jobs_callback_attempts,
+                callback_timeout_seconds=settings.jobs_callback_timeout_seconds,
+            ),
+        )
         metrics.registry.register(
             StateCollector(
                 limiter_snapshot=limiter.snapshot,
@@ -208,6 +228,8 @@ class Services:
             pulls=pulls,
             tasks=tasks,
             orchestrator=orchestrator,
+            jobs=jobs,
+            batches=Batches(jobs),
             cache=cache,
             rejections=rejections,
             started_at=started_at,
@@ -226,6 +248,9 @@ class Services:
         services.on_start(sampler.start, sampler.stop)
         services.on_start(pulls.start, pulls.stop)
         services.on_start(tasks.start, tasks.stop)
+        # Last: jobs run requests through everything above, and stop first.
+        services.on_start(jobs.start, jobs.stop)
+        services.on_start(services.batches.open, lambda: None)
         # Further services (pull jobs, healing, metrics) register here, in dependency order.
         return services
 

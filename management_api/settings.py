@@ -87,18 +87,18 @@ def non_negative_seconds(variable: str, raw: object) -> float:
     return value
 
 
-def non_negative_number(variable: str, raw: object) -> float:
-    accepted = "a number, 0 or more"
-    value = _number(variable, raw, accepted)
-    if value < 0:
-        raise _invalid(variable, raw, accepted)
-    return value
-
-
 def positive_number(variable: str, raw: object) -> float:
     accepted = "a number greater than 0"
     value = _number(variable, raw, accepted)
     if value <= 0:
+        raise _invalid(variable, raw, accepted)
+    return value
+
+
+def non_negative_number(variable: str, raw: object) -> float:
+    accepted = "a number, 0 or more"
+    value = _number(variable, raw, accepted)
+    if value < 0:
         raise _invalid(variable, raw, accepted)
     return value
 
@@ -291,6 +291,30 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_shared_across_keys", "LLM_CACHE_SHARED_ACROSS_KEYS", False, parse_bool,
             "whether API keys share cache entries (off: a hit never tells one key what another "
             "asked)"),
+    Setting("state_dir", "LLM_STATE_DIR", None, path_value,
+            "durable state (the jobs database); default: the folder `state` beside LLM_LOG_DIR"),
+    Setting("jobs_workers", "LLM_JOBS_WORKERS", 4, positive_int,
+            "threads that run jobs (POST /api/jobs): at most this many jobs run at once"),
+    Setting("jobs_max_concurrent", "LLM_JOBS_MAX_CONCURRENT", 2, positive_int,
+            "max_concurrent_jobs: jobs of one caller (API key) running at once"),
+    Setting("jobs_max_queued", "LLM_JOBS_MAX_QUEUED", 10000, positive_int,
+            "jobs queued or running in all; one more is answered 429"),
+    Setting("jobs_max_attempts", "LLM_JOBS_MAX_ATTEMPTS", 3, positive_int,
+            "attempts of a job interrupted by a restart or refused with 429/503, then failed"),
+    Setting("jobs_ttl_seconds", "LLM_JOBS_TTL_SECONDS", 86400, positive_seconds,
+            "how long a finished job and its result are kept, seconds"),
+    Setting("jobs_max_stored", "LLM_JOBS_MAX_STORED", 10000, positive_int,
+            "finished jobs kept at most (the oldest are forgotten first)"),
+    Setting("jobs_max_stored_mb", "LLM_JOBS_MAX_STORED_MB", 256, positive_number,
+            "results and errors of finished jobs kept at most, MB"),
+    Setting("jobs_callback_hosts", "LLM_JOBS_CALLBACK_HOSTS", "", comma_list,
+            "hosts (host or host:port) a job's callback_url may name; empty = callbacks off"),
+    Setting("jobs_callback_attempts", "LLM_JOBS_CALLBACK_ATTEMPTS", 5, positive_int,
+            "deliveries of a job's callback tried (backoff 1, 2, 4, … s) before giving up"),
+    Setting("jobs_callback_timeout_seconds", "LLM_JOBS_CALLBACK_TIMEOUT_SECONDS", 10,
+            positive_seconds, "how long one callback delivery waits for its answer, seconds"),
+    Setting("jobs_max_result_mb", "LLM_JOBS_MAX_RESULT_MB", 16, positive_number,
+            "largest result of one job, MB; a larger answer fails the job"),
     Setting("supervisor_socket", "LLM_SUPERVISOR_SOCKET", "/run/llm-service/supervisor.sock",
             path_value, "supervisord's control socket; the hard session reset restarts Ollama "
             "through it"),
@@ -339,6 +363,18 @@ class Settings:
     cache_ttl_seconds: float
     cache_shared_across_keys: bool
     supervisor_socket: Path
+    state_dir: Path
+    jobs_workers: int
+    jobs_max_concurrent: int
+    jobs_max_queued: int
+    jobs_max_attempts: int
+    jobs_ttl_seconds: float
+    jobs_max_stored: int
+    jobs_max_stored_mb: float
+    jobs_max_result_mb: float
+    jobs_callback_hosts: tuple[str, ...]
+    jobs_callback_attempts: int
+    jobs_callback_timeout_seconds: float
     config_file: Path | None = field(default=None)
 
     @classmethod
@@ -371,6 +407,13 @@ class Settings:
             values["models_dir"] = path_value("LLM_MODELS_DIR", _default_models_dir(env))
         if values["ollama_log_file"] is None:
             values["ollama_log_file"] = values["log_dir"] / "ollama.log"
+        if values["state_dir"] is None:
+            values["state_dir"] = values["log_dir"].parent / "state"
+        if values["state_dir"].exists() and not values["state_dir"].is_dir():
+            raise SettingsError(
+                f"LLM_STATE_DIR={str(values['state_dir'])!r} is not a directory: expected a "
+                "directory for the jobs database (it is created when missing)"
+            )
         if values["management_url"] is None:
             values["management_url"] = f"http://127.0.0.1:{values['management_port']}"
         if values["proxy_enabled"] and values["proxy_port"] == values["management_port"]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -89,6 +90,7 @@ class ServiceProcess:
     ) -> None:
         self.proxy_port = free_port()
         self.management_port = free_port()
+        self._state_dir = tempfile.mkdtemp(prefix="llm-service-state-")
         # Ports the caller did not choose can be replaced when a bind fails (see start()).
         self._own_ports = not {"LLM_PROXY_PORT", "LLM_MANAGEMENT_PORT"} & set(env or {})
         self.env = {
@@ -98,6 +100,8 @@ class ServiceProcess:
             "LLM_MANAGEMENT_PORT": str(self.management_port),
             "OLLAMA_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens unless overridden
             "PYTHONUNBUFFERED": "1",
+            # Jobs' SQLite: never the project's own state/ (several services run at once).
+            "LLM_STATE_DIR": self._state_dir,
             **(env or {}),
         }
         self.extra_args = extra_args
@@ -182,6 +186,7 @@ class ServiceProcess:
     def __exit__(self, *exc: object) -> None:
         self.stop()
         Path(self._log.name).unlink(missing_ok=True)
+        shutil.rmtree(self._state_dir, ignore_errors=True)
 
 
 def run_gunicorn_expecting_exit(

@@ -7,7 +7,9 @@ mid-stream, error line, HTTP 500) for a random model, clear the cache, or reset 
 every `--kill-every` seconds, SIGKILL the `ollama` program (supervisord restarts it) or make a
 hard session reset. /health is polled throughout: each outage must show as 503 and end by
 itself. Meanwhile model pulls are started, joined, cut, failed, stalled and cancelled
-(bench/reliability/pulls.py). Writes bench/results/chaos-summary.json.
+(bench/reliability/pulls.py), and durable jobs submitted and cancelled (bench/reliability/
+jobs.py): every accepted job must end succeeded, failed with a reason, or cancelled by us.
+Writes bench/results/chaos-summary.json.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import requests
 
+from bench.reliability.jobs import JobChaos
 from bench.reliability.observe import HealthTimeline
 from bench.reliability.pulls import PullChaos
 from bench.reliability.run import (
@@ -39,6 +42,7 @@ from bench.reliability.stack import FIRST_BYTE_TIMEOUT_S, MODEL_LIMITS
 # Pull jobs retry quickly here: a stalled attempt fails after 3 s; no disk check on this machine.
 PULL_ENV = {"LLM_PULL_STALL_SECONDS": "3", "LLM_PULL_MIN_FREE_GB": "0", "LLM_PULL_RETRIES": "3"}
 PULL_SETTLE_S = 150.0  # four slowed attempts plus back-off, with room
+JOB_SETTLE_S = 120.0  # the jobs queued behind the load, once it stopped
 RECOVERY_LIMIT_S = 30.0  # from a crash to /health 200 again, supervisord's restart included
 FAULT_KINDS = ("hang", "stall_first_byte", "drop_mid_stream", "error_line", "status")
 
@@ -181,8 +185,10 @@ def run_chaos(
         health.start()
         chaos = Chaos(run, rng, kill_every_s)
         pulls = PullChaos(run.stack, random.Random(seed + 1))
+        jobs = JobChaos(run.stack, random.Random(seed + 2))
         run.start_load()
         pulls.start()
+        jobs.start()
         end = run.t0 + seconds
         while time.monotonic() < end:
             try:
@@ -191,6 +197,7 @@ def run_chaos(
                 chaos.errors.append(f"{type(exc).__name__}: {exc}")
             time.sleep(rng.uniform(1.5, 3.5))
         pulls.stop()
+        jobs.stop()
         if cancel_pulls_at_end:
             pulls.cancel_all()
         # Quiet period: faults left armed are cleared, and Ollama must be back on its own.
@@ -206,6 +213,8 @@ def run_chaos(
         summary["failures"] += summary["pulls"].pop("failures")
         chaos.injected.update(summary["pulls"]["faults_injected"])
         chaos.injected["pull_cancel"] += summary["pulls"]["actions"].get("cancel_200", 0)
+        summary["jobs"] = jobs.settle(timeout=JOB_SETTLE_S)
+        summary["failures"] += summary["jobs"].pop("failures")
         summary["faults_injected"] = dict(sorted(chaos.injected.items()))
         summary["faults_injected_total"] = sum(chaos.injected.values())
         summary["management_answers"] = {k: dict(v) for k, v in chaos.answers.items()}

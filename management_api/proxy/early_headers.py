@@ -1,13 +1,21 @@
 """Early headers for long non-stream waits (``early_headers_after_seconds``, 0 = off).
 
-Node's fetch (under n8n's Ollama and LangChain nodes) gives up when no response headers arrive
-within 300 s, and a non-stream request to Ollama answers nothing until its whole body is ready:
-queue wait, model load and the generation together can pass that on a Jetson. When a model's
-limit is set and a non-stream inference request has waited that long, this wrapper answers
-``200`` with the final content type at once, then one space every ``KEEPALIVE_SECONDS`` until
-the JSON body, which follows as Ollama sent it (JSON allows leading whitespace). An error after
-the headers can no longer change the status: the body is then ``{"error": "...", "type": ...}``
-(the shape Ollama uses for an error inside a 200 stream) and the real cause goes to the log.
+n8n's HTTP Request node gives up when no response headers arrive within 300 s, and a non-stream
+request to Ollama answers nothing until its whole body is ready: queue wait, model load and the
+generation together can pass that on a Jetson. When a model's limit is set and a non-stream
+inference request has waited that long, this wrapper answers ``200`` with the final content type
+at once, then one space every ``KEEPALIVE_SECONDS`` until the JSON body, which follows as Ollama
+sent it (JSON allows leading whitespace).
+
+Streaming requests never get early headers. n8n's Ollama and LangChain nodes (2.41) always
+stream and wait up to an hour for the first byte (``N8N_AI_TIMEOUT_MAX``), and a stream already
+sends headers with its first chunk; an early 200 would only take away the status (429, 503) that
+the Ollama JS client checks before it reads a stream.
+
+An error after the headers can no longer change the status. The body is then
+``{"error": "<message>", "details": {"type": ..., "status": <the status it would have had>, ...}}``
+and nothing else at the top level: n8n sends an item to a node's error output only when all its
+keys are among ``error``, ``message`` and ``details``. The real cause also goes to the log.
 
 The gateway itself is untouched: the request runs through ``Gateway.forward`` on a helper thread
 while the request thread waits; its slot still goes with the body it returns, and a client that
@@ -87,8 +95,10 @@ def _close(body: Iterable[bytes]) -> None:
         close()
 
 
-def _error_line(message: str, error_type: str, **extra: Any) -> bytes:
-    return (json.dumps({"error": message, "type": error_type, **extra}) + "\n").encode()
+def _error_line(message: str, error_type: str, status: int, **extra: Any) -> bytes:
+    """The late error: ``error`` and ``details`` only, so n8n routes it to an error output."""
+    details = {**extra, "type": error_type, "status": status}  # the HTTP status wins
+    return (json.dumps({"error": message, "details": details}) + "\n").encode()
 
 
 class EarlyBody:
@@ -117,12 +127,16 @@ class EarlyBody:
                     "request %s failed after early headers: %s %s (%s)",
                     self._request_id, err.status, err.type, err.message,
                 )  # fmt: skip
-                yield _error_line(err.message, err.type, **_plain(err.extra))
+                extra = _plain(err.extra)
+                retry = errors.retry_after_seconds(err)
+                if retry is not None:
+                    extra["retry_after_seconds"] = retry
+                yield _error_line(err.message, err.type, err.status, **extra)
                 return
             except Exception:
                 log.exception("request %s failed after early headers", self._request_id)
                 err = errors.InternalError(request_id=self._request_id)
-                yield _error_line(err.message, err.type, request_id=self._request_id)
+                yield _error_line(err.message, err.type, err.status, request_id=self._request_id)
                 return
         with self._lock:
             if self._closed:
@@ -159,7 +173,7 @@ class EarlyBody:
             "request %s failed after early headers: Ollama answered %s (%s)",
             self._request_id, forwarded.status, message,
         )  # fmt: skip
-        return _error_line(message, error_type, status=forwarded.status)
+        return _error_line(message, error_type, forwarded.status)
 
     def close(self) -> None:
         with self._lock:

@@ -118,7 +118,7 @@ def cache_clear() -> ResponseReturnValue:
     count = len(result.unloaded)
     return jsonify(
         status="success",
-        message=f"Cache cleared ({count} models unloaded)",
+        message=f"Cache cleared ({count} model{'' if count == 1 else 's'} unloaded)",
         unloaded_models=result.unloaded,
         failed_models=[],
         cancelled_requests=result.cancelled_requests,

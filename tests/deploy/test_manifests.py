@@ -209,6 +209,10 @@ def test_the_service_runs_as_the_images_uid_1000(overlay):
     (init,) = spec["initContainers"]
     assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
     assert "chown 1000:1000 /store" in init["command"][-1]
+    assert "chown 1000:1000 /state" in init["command"][-1]  # LLM_STATE_DIR's hostPath
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["state"] == "/var/lib/llm-service"  # the image's LLM_STATE_DIR
+    assert "LLM_STATE_DIR=/var/lib/llm-service" in dockerfile
 
 
 def test_config_files_are_mounted_where_the_settings_point():

@@ -101,8 +101,11 @@ def test_an_error_after_early_headers_ends_the_body_with_the_error_object(servic
     assert second.status_code == 200 and second.headers["X-Early-Headers"] == "1"
     assert second.content.startswith(b" ")
     error = second.json()
-    assert error["type"] == "concurrency_limit"
-    assert "concurrency limit" in error["error"] and error["reason"] == "queue_timeout"
+    assert set(error) == {"error", "details"}  # what n8n needs to route it to an error output
+    assert "concurrency limit" in error["error"]
+    details = error["details"]
+    assert details["type"] == "concurrency_limit" and details["status"] == 429
+    assert details["reason"] == "queue_timeout" and details["retry_after_seconds"] >= 1
     assert service.model_counters(MODEL)["rejected"]["queue_timeout"] == 1
 
 

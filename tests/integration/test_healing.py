@@ -70,6 +70,16 @@ def test_cache_clear_with_nothing_loaded_and_no_body(service):
     assert response.json()["unloaded_models"] == []
 
 
+def test_cache_clear_message_counts_one_model_in_the_singular(service, emulator):
+    assert requests.post(service.management + "/api/cache/clear", timeout=15).ok
+    load(emulator, OTHER)
+    body = requests.post(service.management + "/api/cache/clear", timeout=15).json()
+    assert body["unloaded_models"] == [OTHER]
+    assert body["message"] == "Cache cleared (1 model unloaded)"
+    again = requests.post(service.management + "/api/cache/clear", timeout=15).json()
+    assert again["message"] == "Cache cleared (0 models unloaded)"
+
+
 def test_gpu_recover_as_the_dashboard_sends_it(service, emulator):
     load(emulator, OTHER)
     started = time.monotonic()

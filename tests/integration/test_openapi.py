@@ -39,6 +39,8 @@ SAMPLE_PARAMETERS = {
     "job_id": "0123456789abcdef",
     "model": "llama3.2:1b",
     "path": "tags",
+    "file_id": "file-0123456789abcdef",
+    "batch_id": "batch_0123456789abcdef",
     "name": "app.js",
 }
 

@@ -136,6 +136,7 @@ def test_per_key_concurrency_cap(secured, emulator):
     assert second.status_code == 429
     assert second.json()["reason"] == "key_limit"
     assert second.headers["Retry-After"] == "1"
+    assert second.json()["retry_after_seconds"] == 1
     thread.join(20)
     assert first["r"].status_code == 200
 

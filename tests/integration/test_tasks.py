@@ -428,6 +428,7 @@ def test_max_concurrent_answers_429_with_retry_after(svc):
         r = svc.infer("fb")
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
         assert r.json()["reason"] == "infer_limit"
+        assert r.json()["retry_after_seconds"] == int(r.headers["Retry-After"])
     finally:
         holder.join(10)
 

@@ -46,6 +46,11 @@ def test_chaos_smoke(tmp_path):
     assert summary["faults_injected_total"] >= len(crashes) + 1
     # Every pull job ended, with attempts matching its failures (checked in `failures`).
     assert sum(summary["pulls"]["states"].values()) == summary["pulls"]["jobs"]
+    # Durable jobs were accepted during the crashes; every one ended and was accounted for
+    # (a lost or unended job, or one cancelled by nobody, is in `failures`).
+    assert summary["jobs"]["jobs"] > 0
+    assert sum(summary["jobs"]["states"].values()) == summary["jobs"]["jobs"]
+    assert set(summary["jobs"]["states"]) <= {"succeeded", "failed", "cancelled"}
 
 
 @pytest.mark.timeout(150)

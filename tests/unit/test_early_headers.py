@@ -48,23 +48,46 @@ def test_one_space_per_keepalive_interval_then_the_body():
     assert inner.closed == 1
 
 
-def test_an_upstream_error_status_becomes_a_typed_error_object():
+def test_an_upstream_error_status_becomes_error_and_details_only():
     future: Future = Future()
     future.set_result(ForwardedResponse(500, [], Body([b'{"error":"model runner crashed"}'])))
     out = b"".join(EarlyBody(future, "rid", keepalive=1))
+    # n8n routes an item to the error output only when its keys are among error/message/details
     assert json.loads(out) == {
         "error": "model runner crashed",
-        "type": "upstream_error",
-        "status": 500,
+        "details": {"type": "upstream_error", "status": 500},
     }
 
 
-def test_our_own_error_keeps_its_type_and_fields():
+def test_our_own_error_keeps_its_type_status_and_fields_in_details():
     future: Future = Future()
     later(future, 0.05, exc=errors.UpstreamTimeout("Ollama sent no response within 600 s"))
-    out = b"".join(EarlyBody(future, "rid", keepalive=1))
-    assert json.loads(out)["error"] == "Ollama sent no response within 600 s"
-    assert json.loads(out)["type"] == errors.UpstreamTimeout.type
+    out = json.loads(b"".join(EarlyBody(future, "rid", keepalive=1)))
+    assert set(out) == {"error", "details"}
+    assert out["error"] == "Ollama sent no response within 600 s"
+    assert out["details"] == {"type": errors.UpstreamTimeout.type, "status": 504}
+
+
+def test_a_late_429_names_its_wait_in_details():
+    future: Future = Future()
+    exc = errors.ConcurrencyLimit("queue full", headers={"Retry-After": "7"}, reason="queue_full")
+    later(future, 0.05, exc=exc)
+    out = json.loads(b"".join(EarlyBody(future, "rid", keepalive=1)))
+    assert set(out) == {"error", "details"}
+    assert out["details"] == {
+        "type": "concurrency_limit",
+        "status": 429,
+        "reason": "queue_full",
+        "retry_after_seconds": 7,
+    }
+
+
+def test_an_unexpected_failure_is_a_500_in_details_with_the_request_id():
+    future: Future = Future()
+    later(future, 0.05, exc=RuntimeError("boom"))
+    out = json.loads(b"".join(EarlyBody(future, "rid-9", keepalive=1)))
+    assert set(out) == {"error", "details"} and "boom" not in out["error"]
+    assert out["details"] == {"type": "internal_error", "status": 500, "request_id": "rid-9"}
 
 
 def test_closing_before_the_answer_still_releases_what_comes_later():

@@ -102,7 +102,8 @@ def test_openai_routes_get_the_openai_envelope(client):
             "type": "rate_limit_error",
             "param": None,
             "code": "concurrency_limit",
-        }
+        },
+        "retry_after_seconds": 3,
     }
     boom = client.get("/v1/probe/boom").get_json()
     assert boom["error"]["type"] == "api_error"
@@ -122,7 +123,20 @@ def test_ollama_routes_get_typed_bodies_with_extra_fields(client):
         "in_flight": 2,
         "queued": 64,
         "reason": "queue_full",
+        "retry_after_seconds": 3,
     }
+
+
+def test_every_429_body_names_its_retry_after_in_seconds(client):
+    for path in ("/api/probe/limit", "/v1/probe/limit", "/v1/llm/probe/limit"):
+        response = client.get(path)
+        assert response.status_code == 429
+        assert response.get_json()["retry_after_seconds"] == int(response.headers["Retry-After"])
+    # A 429 raised without a header still gets both, and they agree.
+    status, headers, payload = errors.render_error(errors.ConcurrencyLimit("busy"), errors.OLLAMA)
+    assert status == 429 and dict(headers)["Retry-After"] == "1"
+    assert json.loads(payload)["retry_after_seconds"] == 1
+    assert "retry_after_seconds" not in errors.error_body(errors.UpstreamTimeout())
 
 
 def test_hermes_routes_use_the_hermes_taxonomy(client):

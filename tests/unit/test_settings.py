@@ -29,6 +29,11 @@ def test_defaults():
     assert s.max_body_mb == 64
     assert s.pull_retries == 3 and s.pull_stall_seconds == 60 and s.pull_min_free_gb == 2
     assert s.models_dir == Path.home() / ".ollama" / "models"
+    assert s.state_dir == PROJECT_ROOT / "state"  # beside the log directory
+    assert (s.jobs_workers, s.jobs_max_concurrent, s.jobs_max_queued) == (4, 2, 10000)
+    assert (s.jobs_max_attempts, s.jobs_ttl_seconds) == (3, 86400)
+    assert (s.jobs_max_stored, s.jobs_max_stored_mb, s.jobs_max_result_mb) == (10000, 256, 16)
+    assert s.jobs_callback_hosts == () and s.jobs_callback_attempts == 5
 
 
 def test_every_variable_is_read_from_the_environment(tmp_path):
@@ -73,6 +78,18 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
         "LLM_CACHE_TTL_SECONDS": "60",
         "LLM_CACHE_SHARED_ACROSS_KEYS": "true",
         "LLM_SUPERVISOR_SOCKET": str(tmp_path / "supervisor.sock"),
+        "LLM_STATE_DIR": str(tmp_path / "state"),
+        "LLM_JOBS_WORKERS": "8",
+        "LLM_JOBS_MAX_CONCURRENT": "3",
+        "LLM_JOBS_MAX_QUEUED": "50",
+        "LLM_JOBS_MAX_ATTEMPTS": "5",
+        "LLM_JOBS_TTL_SECONDS": "3600",
+        "LLM_JOBS_MAX_STORED": "100",
+        "LLM_JOBS_MAX_STORED_MB": "1.5",
+        "LLM_JOBS_MAX_RESULT_MB": "0.5",
+        "LLM_JOBS_CALLBACK_HOSTS": "n8n, hooks.example.com:8443",
+        "LLM_JOBS_CALLBACK_ATTEMPTS": "2",
+        "LLM_JOBS_CALLBACK_TIMEOUT_SECONDS": "4",
     }
     assert set(env) == {s.variable for s in SETTINGS}, "test must cover every declared setting"
     s = Settings.load(env)
@@ -105,6 +122,24 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
     assert s.supervisor_socket == tmp_path / "supervisor.sock"
     assert (s.cache_max_mb, s.cache_ttl_seconds) == (128.5, 60)
     assert s.cache_shared_across_keys is True
+    assert s.state_dir == tmp_path / "state"
+    assert (s.jobs_workers, s.jobs_max_concurrent, s.jobs_max_queued) == (8, 3, 50)
+    assert (s.jobs_max_attempts, s.jobs_ttl_seconds, s.jobs_max_stored) == (5, 3600, 100)
+    assert (s.jobs_max_stored_mb, s.jobs_max_result_mb) == (1.5, 0.5)
+    assert s.jobs_callback_hosts == ("n8n", "hooks.example.com:8443")
+    assert (s.jobs_callback_attempts, s.jobs_callback_timeout_seconds) == (2, 4)
+
+
+def test_state_dir_follows_the_log_dir_and_must_be_a_directory(tmp_path):
+    assert Settings.load({"LLM_LOG_DIR": str(tmp_path / "logs")}).state_dir == tmp_path / "state"
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SettingsError, match="LLM_STATE_DIR"):
+        Settings.load({"LLM_STATE_DIR": str(tmp_path / "file")})
+    for bad in ("0", "-1", "x"):
+        with pytest.raises(SettingsError, match="LLM_JOBS_MAX_CONCURRENT"):
+            Settings.load({"LLM_JOBS_MAX_CONCURRENT": bad})
+    with pytest.raises(SettingsError, match="LLM_JOBS_MAX_STORED_MB"):
+        Settings.load({"LLM_JOBS_MAX_STORED_MB": "0"})
 
 
 def test_models_dir_follows_ollama_models():
