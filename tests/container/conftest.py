@@ -91,7 +91,7 @@ class Container:
         self.engine, self.image, self.name = engine, image, name
         self.extra_env = env
         self.proxy_port, self.management_port = host_port(), host_port()
-        self.volume = f"{name}-models"
+        self.volumes: list[str] = []  # the named volumes made for it, one per compose volume
 
     @property
     def proxy(self) -> str:
@@ -114,8 +114,9 @@ class Container:
             args += ["--env", f"{key}={_default(value)}"]
         for volume in service["volumes"]:
             if isinstance(volume, str):
-                _, target = volume.split(":", 1)
-                args += ["--volume", f"{self.volume}:{target}"]
+                source, target = volume.split(":", 1)
+                self.volumes.append(f"{self.name}-{source}")
+                args += ["--volume", f"{self.volumes[-1]}:{target}"]
             elif volume["target"] == "/etc/nv_tegra_release":
                 args += ["--volume", f"{RELEASE_FIXTURE}:/etc/nv_tegra_release:ro"]
         for group in service.get("group_add", []):
@@ -175,7 +176,8 @@ class Container:
 
     def remove(self) -> None:
         self.engine.run("rm", "--force", "--time", "0", self.name, check=False, timeout=120)
-        self.engine.run("volume", "rm", "--force", self.volume, check=False)
+        for volume in self.volumes:
+            self.engine.run("volume", "rm", "--force", volume, check=False)
 
 
 @pytest.fixture

@@ -218,3 +218,24 @@ def test_a_fatal_program_ends_the_container_non_zero(make_container):
         raise AssertionError(f"still running after 90 s\n{container.logs()}")
     assert state["ExitCode"] == 1, container.logs()
     assert "program ollama went FATAL" in container.logs()
+
+
+def test_an_accepted_job_survives_a_restart_of_the_container(running):
+    """LLM_STATE_DIR is a volume in the compose file: jobs outlive the container's processes."""
+    submitted = requests.post(
+        running.proxy + "/api/jobs",
+        json={"route": "/api/generate", "body": {"model": MODEL, "prompt": "keep me"}},
+        timeout=30,
+    )
+    assert submitted.status_code == 202, submitted.text
+    job_url = running.proxy + f"/api/jobs/{submitted.json()['id']}"
+    deadline = time.monotonic() + 30
+    while running.get(job_url).json()["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, running.get(job_url).text
+        time.sleep(0.2)
+    assert running.get(job_url).json()["status"] == "succeeded"
+    running.engine.run("restart", running.name, timeout=120)
+    running.wait_healthy(timeout=120)
+    again = running.get(job_url)
+    assert again.status_code == 200 and again.json()["status"] == "succeeded", again.text
+    assert again.json()["result"]["response"]
