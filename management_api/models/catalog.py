@@ -141,8 +141,13 @@ class Catalog:
         self._view: CatalogView | None = None
         self._keys: frozenset[str] = frozenset()
         self._generation = 0  # bumped by invalidate(); a fetch started before it is not cached
+        # Pulls, creates and deletes under way through the proxy: while any runs, each list is
+        # asked of Ollama, since its client may have the answer before the proxy has closed it.
+        self._mutations = 0
         self._inflight: threading.Event | None = None
         self._inflight_error: OllamaError | None = None
+        self._inflight_view: CatalogView | None = None
+        self._inflight_generation = -1
         self._last_good: CatalogView | None = None
         self._refreshing = False  # a background refresh thread is running
 
@@ -155,12 +160,27 @@ class Catalog:
             self._generation += 1
             self._view = None
 
+    def mutation_started(self) -> None:
+        """A request that may change the installed models is on its way to Ollama."""
+        with self._lock:
+            self._mutations += 1
+            self._generation += 1
+            self._view = None
+
+    def mutation_ended(self) -> None:
+        """That request is over (answered, failed or cut); call once per mutation_started."""
+        with self._lock:
+            self._mutations = max(0, self._mutations - 1)
+            self._generation += 1
+            self._view = None
+
     def view(self) -> CatalogView:
         """The installed models; raises OllamaError only when no copy exists at all."""
         while True:
             with self._lock:
                 view = self._view
-                if view is not None and self._clock() - view.fetched_at < self._ttl:
+                young = view is not None and self._clock() - view.fetched_at < self._ttl
+                if view is not None and young and not self._mutations:
                     return self._served(view, stale=False)
                 waiter = self._inflight
                 if waiter is None:
@@ -170,9 +190,12 @@ class Catalog:
                 else:
                     leader = False
             if not leader:
-                waiter.wait(self._read_timeout * 4)
+                answered = waiter.wait(self._read_timeout * 4)
                 with self._lock:
-                    fresh = self._view
+                    # The leader's answer (cached or not: it is not while a mutation runs),
+                    # unless the list was invalidated after the leader asked.
+                    current = self._inflight_generation == self._generation
+                    fresh = self._inflight_view if answered and current else None
                     error = self._inflight_error
                 if fresh is not None:
                     return self._served(fresh, stale=False)
@@ -202,9 +225,11 @@ class Catalog:
             if view is not None:
                 self._last_good = view
                 self._keys = view.keys()
-                if generation == self._generation:
+                if generation == self._generation and not self._mutations:
                     self._view = view
             self._inflight_error = error
+            self._inflight_view = view
+            self._inflight_generation = generation
             event, self._inflight = self._inflight, None
         assert event is not None
         event.set()

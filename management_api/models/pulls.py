@@ -708,9 +708,10 @@ class PullManager:
                     job.finish(CANCELLED, self._cancelled_failure())
                     return
                 continue
-            job.finish(SUCCEEDED)
+            # Before the job says so: a caller that sees `succeeded` and lists finds the model.
             if self._catalog is not None:
                 self._catalog.invalidate()
+            job.finish(SUCCEEDED)
             return
 
     def _attempt(self, job: PullJob) -> None:

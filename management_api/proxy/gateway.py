@@ -425,6 +425,9 @@ class Gateway:
         record.exchange = exchange
         with self._active_lock:
             self._active.add(record)
+        mutation = request.path in MUTATION_ROUTES
+        if mutation:
+            self.catalog.mutation_started()
         try:
             if record.cancelled:
                 raise UpstreamBroken()
@@ -447,6 +450,8 @@ class Gateway:
 
             def released(seconds: float, timed_out: bool) -> None:
                 self._release(record, slot, seconds, timed_out)
+                if mutation:
+                    self.catalog.mutation_ended()
                 if status:
                     self._log(record, status=status, outcome=outcome, ended=failed_at,
                               released_after_ms=round(seconds * 1000, 2))  # fmt: skip
@@ -463,8 +468,8 @@ class Gateway:
         def on_close(body: ProxiedBody) -> None:
             # Called once Ollama has let go of the request (at once for a complete answer).
             self._release(record, slot, body.released_after, body.release_timed_out)
-            if request.path in MUTATION_ROUTES and body.complete:
-                self.catalog.invalidate()
+            if mutation:
+                self.catalog.mutation_ended()
             ttfb = first_byte_at - record.started
             self._log(
                 record,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,11 +41,16 @@ SHELL = {"", "sh", "bash", "shell", "console"}
 NOT_RUN_HERE = re.compile(r"^\s*(docker|kubectl|podman|LLM_SUPERVISOR_SOCKET=|\S*supervisorctl)\b")
 SERVICE_PORTS = re.compile(r"localhost:1143[346]")
 SHOWN_STATUS = re.compile(r"^HTTP/1\.[01] (\d{3})", re.M)
-# Reports each call's line, status and exit code on stderr; the example's own output is kept.
+# Each call writes its line, status and exit code to a file of its own: the README's background
+# clients run side by side, and curl writes its --write-out to stderr a piece at a time.
 PRELUDE = r"""curl() {
-  command curl "$@" --write-out "%{stderr}CURL_STATUS ${BASH_LINENO[0]} %{http_code}\n"
-  local rc=$?
-  echo "CURL_EXIT ${BASH_LINENO[0]} $rc" >&2
+  local report rc
+  report=$(mktemp "$CURL_REPORTS/call.XXXXXX")
+  command curl "$@" --write-out "%{stderr}CURL_STATUS %{http_code}\n" 2>"$report"
+  rc=$?
+  grep -v '^CURL_STATUS ' "$report" >&2
+  printf 'CURL_REPORT %s %s %s\n' "${BASH_LINENO[0]}" \
+    "$(sed -n 's/^CURL_STATUS //p' "$report" | tail -n 1)" "$rc" >"$report"
   return $rc
 }
 """
@@ -141,21 +147,25 @@ def test_every_documented_curl_example_answers_as_documented(stack):
             body = body.replace(f"localhost:{port}", f"127.0.0.1:{free}")
         script = PRELUDE + body + "\n"
         offset = PRELUDE.count("\n")
+        reports = Path(tempfile.mkdtemp(prefix="llm-doc-curl-"))
         try:
             run = subprocess.run(
-                ["bash", "-c", script], capture_output=True, text=True, timeout=90, cwd=ROOT
-            )
+                ["bash", "-c", script], capture_output=True, text=True, timeout=90, cwd=ROOT,
+                env={**os.environ, "CURL_REPORTS": str(reports)},
+            )  # fmt: skip
         except subprocess.TimeoutExpired:
             failures.append(f"{example.name}: did not finish within 90 s")
+            shutil.rmtree(reports, ignore_errors=True)
             continue
         statuses: dict[int, list[str]] = {}
         exits: dict[int, list[int]] = {}
-        for line in run.stderr.splitlines():
-            parts = line.split()
-            if line.startswith("CURL_STATUS ") and len(parts) == 3:
+        for report in sorted(reports.iterdir()):
+            parts = report.read_text().split()
+            # A call the example itself killed leaves no complete report.
+            if len(parts) == 4 and parts[0] == "CURL_REPORT" and parts[1].isdigit():
                 statuses.setdefault(int(parts[1]) - offset, []).append(parts[2])
-            elif line.startswith("CURL_EXIT ") and len(parts) == 3:
-                exits.setdefault(int(parts[1]) - offset, []).append(int(parts[2]))
+                exits.setdefault(int(parts[1]) - offset, []).append(int(parts[3]))
+        shutil.rmtree(reports, ignore_errors=True)
         if not statuses:
             failures.append(f"{example.name}: no call reached curl\n{run.stderr[-500:]}")
         for number, codes in sorted(statuses.items()):

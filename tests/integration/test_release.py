@@ -124,6 +124,9 @@ def test_a_complete_answer_frees_its_slot_at_once(evaluating, emulator):
     )
     thread.join(10)
     assert result.get("status") == 200
+    # The access line is written when the WSGI response closes, a moment after the client has
+    # read the last byte; "at once" is the absence of a release wait, checked on the line.
+    service.wait_for(lambda: _access_lines(service, "whole"), timeout=2)
     line = _access_lines(service, "whole")[0]
     assert line["outcome"] == "completed" and "released_after_ms" not in line
     assert service.model_counters(MODEL)["in_flight"] == 0

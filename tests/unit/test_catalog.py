@@ -183,6 +183,34 @@ def test_a_fetch_overtaken_by_invalidate_is_not_cached(catalog, ollama):
     assert ollama.count("tags") == 2
 
 
+def test_while_a_pull_runs_through_the_proxy_each_list_asks_ollama(catalog, ollama):
+    """Its client may list before the proxy has closed the answer: the list must show the pull."""
+    catalog.view()
+    catalog.mutation_started()
+    ollama.installed.append(tag("phi3:mini"))  # Ollama has finished; the proxy has not yet
+    during = catalog.view()
+    assert "phi3:mini" in [m["name"] for m in during.entries] and during.cached is False
+    catalog.view()
+    assert ollama.count("tags") == 3
+    catalog.mutation_ended()
+    catalog.view()
+    assert catalog.view().cached is True
+    assert ollama.count("tags") == 4
+
+
+def test_lists_are_cached_again_only_when_every_mutation_has_ended(catalog, ollama):
+    catalog.mutation_started()
+    catalog.mutation_started()
+    catalog.mutation_ended()
+    catalog.view()
+    catalog.view()
+    assert ollama.count("tags") == 2
+    catalog.mutation_ended()
+    catalog.view()
+    catalog.view()
+    assert ollama.count("tags") == 3
+
+
 def test_ollama_down_serves_the_last_copy_marked_stale(catalog, ollama, clock):
     catalog.view()
     ollama.tags_error = OllamaUnreachable("connection failed")
