@@ -22,11 +22,15 @@ from datetime import datetime, timezone
 from flask import Flask, Response, g, request
 
 from management_api import errors
-from management_api.access.auth import ApiKey, KeyRing, presented_key
+from management_api.access.auth import OFF, ApiKey, KeyRing, presented_key
 from management_api.access.cors import CorsPolicy
 from management_api.proxy.inference import INFERENCE_ROUTES
 
 REQUEST_ID_HEADER = "X-Request-ID"
+CALLER_HEADER = "X-LLM-Caller"
+ANONYMOUS_CALLER = "anonymous"
+# A header-named caller becomes a label in logs, metrics and usage rows: short and plain.
+_CALLER_PATTERN = re.compile(r"[a-z0-9._-]{1,32}\Z")
 # Accept a caller's id only when it is harmless to log and echo back.
 _REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 access_log = logging.getLogger("llm_service.access")
@@ -64,6 +68,25 @@ def _bound_chunked_body(app: Flask) -> None:
 def request_id_for(supplied: str | None) -> str:
     """The caller's X-Request-ID when it is safe to log and echo, else a fresh one."""
     return supplied if supplied and _REQUEST_ID_PATTERN.match(supplied) else uuid.uuid4().hex
+
+
+def caller_name(keyring: KeyRing, key: ApiKey | None, header: str | None) -> str:
+    """Who is calling: the key's name when keys are on; with keys off, the X-LLM-Caller header
+    (400 ``invalid_caller`` when it is not 1 to 32 of a-z, 0-9, '.', '_', '-'); else anonymous.
+
+    With keys on the header is not read: a keyless request must not take a key's name (its
+    fair share, its usage rows)."""
+    if key is not None:
+        return key.name
+    if keyring.mode != OFF or header is None:
+        return ANONYMOUS_CALLER
+    if not _CALLER_PATTERN.match(header):
+        raise errors.BadRequest(
+            f"{CALLER_HEADER} must be 1 to 32 characters of a-z, 0-9, '.', '_' and '-'",
+            type="invalid_caller",
+            field=CALLER_HEADER,
+        )
+    return header
 
 
 def authorize_caller(
@@ -119,6 +142,7 @@ def log_request(
     status: int,
     started: float,
     cache: str | None = None,
+    caller: str | None = None,
 ) -> None:
     """The access-log line of a request the gateway did not log itself (``cache``: what the
     response cache did with a ``/v1/infer`` request, when it is on)."""
@@ -131,6 +155,7 @@ def log_request(
         "method": method,
         "path": path,
         "key": key.name if key else None,
+        "caller": caller,
         "status": status,
         "duration_ms": round((time.monotonic() - started) * 1000, 2),
     }
@@ -145,6 +170,7 @@ def init_app(app: Flask, keyring: KeyRing, cors: CorsPolicy) -> None:
         g.started = time.monotonic()
         g.request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER))
         g.key = None
+        g.caller = ANONYMOUS_CALLER
         _bound_chunked_body(app)
         origin = request.headers.get("Origin")
         if (
@@ -167,6 +193,7 @@ def init_app(app: Flask, keyring: KeyRing, cors: CorsPolicy) -> None:
             request.headers.get("Authorization"),
             request.headers.get("X-API-Key"),
         )
+        g.caller = caller_name(keyring, g.key, request.headers.get(CALLER_HEADER))
         g.key_slot = take_key_place(keyring, g.key, request.path)
         return None
 
@@ -178,6 +205,7 @@ def init_app(app: Flask, keyring: KeyRing, cors: CorsPolicy) -> None:
         key_slot = g.pop("key_slot", None)
         started = getattr(g, "started", time.monotonic())
         key = getattr(g, "key", None)
+        caller = getattr(g, "caller", None)
         proxied = getattr(g, "proxied", False)
         cache = getattr(g, "cache", None)
         remote = request.remote_addr
@@ -189,7 +217,7 @@ def init_app(app: Flask, keyring: KeyRing, cors: CorsPolicy) -> None:
             if not proxied:
                 log_request(request_id=request_id, remote_addr=remote, method=method, path=path,
                             key=key, status=response.status_code, started=started,
-                            cache=cache)  # fmt: skip
+                            cache=cache, caller=caller)  # fmt: skip
 
         response.call_on_close(on_close)
         return response

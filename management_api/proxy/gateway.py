@@ -106,6 +106,7 @@ class ClientRequest:
     content_length: int | None = None
     remote_addr: str | None = None
     key_name: str | None = None  # the API key's name (never the key)
+    caller: str = "anonymous"  # who is calling (access/hooks.py caller_name)
     cache: str | None = None  # what the response cache did (HIT, MISS, …), for the access log
 
     @property
@@ -586,6 +587,7 @@ class Gateway:
             "request_id": record.request.request_id,
             "remote_addr": record.request.remote_addr,
             "key": record.request.key_name,
+            "caller": record.request.caller,
             "method": record.request.method,
             "path": record.request.path,
             "model": intent.model if intent else None,

@@ -99,6 +99,7 @@ class InferenceFastPath:
         flavor = errors.flavor_for_path(path)
         remote_addr = environ.get("REMOTE_ADDR")
         key: ApiKey | None = None
+        caller: str | None = None
         place: ApiKey | None = None
         proxied = False  # once the gateway has the request, it writes the access-log line
         try:
@@ -109,6 +110,7 @@ class InferenceFastPath:
                 environ.get("HTTP_AUTHORIZATION"),
                 environ.get("HTTP_X_API_KEY"),
             )
+            caller = hooks.caller_name(self._keyring, key, environ.get("HTTP_X_LLM_CALLER"))
             place = hooks.take_key_place(self._keyring, key, path)
             if length > self._max_body:
                 raise errors.PayloadTooLarge()  # answered without reading the body
@@ -127,6 +129,7 @@ class InferenceFastPath:
                 flavor=flavor,
                 remote_addr=remote_addr,
                 key_name=key.name if key else None,
+                caller=caller,
             )
             proxied = True
             forwarded = early_headers.forward(self._gateway, client_request)
@@ -152,7 +155,8 @@ class InferenceFastPath:
                 self._keyring.release(place)
             if not proxied:
                 hooks.log_request(request_id=request_id, remote_addr=remote_addr, method="POST",
-                                   path=path, key=key, status=status, started=started)  # fmt: skip
+                                   path=path, key=key, status=status, started=started,
+                                   caller=caller)  # fmt: skip
 
         body_out = _Body(payload, on_close)
         try:

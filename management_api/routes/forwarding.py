@@ -59,6 +59,7 @@ def forward_current_request(flavor: str) -> Response:
         flavor=flavor,
         remote_addr=request.remote_addr,
         key_name=key.name if key else None,
+        caller=g.caller,
     )
     try:
         forwarded = early_headers.forward(services.gateway, client_request)

@@ -98,6 +98,7 @@ def _client_request(body: dict[str, Any]) -> ClientRequest:
         flavor=errors.HERMES,
         remote_addr=request.remote_addr,
         key_name=key.name if key else None,
+        caller=g.caller,
     )
 
 

@@ -26,8 +26,8 @@ from flask.typing import ResponseReturnValue
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 from management_api import errors
-from management_api.access.auth import ADMIN, ApiKey, KeyRing
-from management_api.access.hooks import take_key_place
+from management_api.access.auth import ADMIN, OFF, ApiKey, KeyRing
+from management_api.access.hooks import ANONYMOUS_CALLER, take_key_place
 from management_api.bodies import json_object
 from management_api.jobs import callbacks
 from management_api.jobs import store as st
@@ -61,8 +61,12 @@ def _bad(message: str, field: str) -> errors.ApiError:
 
 
 def _caller() -> str:
+    """The job's owner: the key's name, an X-LLM-Caller name with keys off, else anonymous."""
     key = getattr(g, "key", None)
-    return key.name if key is not None else ANONYMOUS
+    if key is not None:
+        return key.name
+    named = getattr(g, "caller", ANONYMOUS_CALLER)
+    return ANONYMOUS if named == ANONYMOUS_CALLER else named
 
 
 def _sees_everything() -> bool:
@@ -208,7 +212,8 @@ class RequestPathExecutor:
     def __call__(self, run: JobRun) -> Outcome:
         job = run.job
         key = self._key(job.caller)
-        if key is None and job.caller != ANONYMOUS:
+        # With keys off a job's owner may be an X-LLM-Caller name rather than a key.
+        if key is None and job.caller != ANONYMOUS and self.keyring.mode != OFF:
             message = f"the API key '{job.caller}' is no longer configured"
             return Outcome(401, {"error": message, "type": "unauthorized"}, reason=message)
         environ = {"gunicorn.socket": run.client_sock, "REMOTE_ADDR": "127.0.0.1"}
@@ -224,6 +229,7 @@ class RequestPathExecutor:
             g.started = time.monotonic()
             g.request_id = run.request_id
             g.key = key
+            g.caller = key.name if key is not None else (job.caller or ANONYMOUS_CALLER)
             held: ApiKey | None = None
             try:
                 held = take_key_place(self.keyring, key, job.route)

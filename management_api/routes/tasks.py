@@ -105,6 +105,7 @@ def _call(payload: Any) -> InferCall:
         watch=ClientWatch.from_environ(request.environ),
         remote_addr=request.remote_addr,
         key_name=key.name if key else None,
+        caller=g.caller,
     )
 
 

@@ -150,11 +150,12 @@ def run_branch(
     watch: ClientWatch | None,
     remote_addr: str | None,
     key_name: str | None,
+    caller: str = "anonymous",
     on_event: Callable[[Branch, str], None],
 ) -> None:
     """Run on a pool thread: admit, stream the answer, release, then report "done"."""
     try:
-        _run(branch, gateway, request_id, watch, remote_addr, key_name, on_event)
+        _run(branch, gateway, request_id, watch, remote_addr, key_name, caller, on_event)
     except Exception as exc:  # a bug must not leave the orchestrator waiting
         branch.status, branch.error = ERROR, f"internal error ({type(exc).__name__})"
     finally:
@@ -193,6 +194,7 @@ def _run(
     watch: ClientWatch | None,
     remote_addr: str | None,
     key_name: str | None,
+    caller: str,
     on_event: Callable[[Branch, str], None],
 ) -> None:
     parts = body_parts(branch)
@@ -209,6 +211,7 @@ def _run(
         request_id=request_id,
         remote_addr=remote_addr,
         key_name=key_name,
+        caller=caller,
     )
     try:
         admission = gateway.admit(request)

@@ -76,6 +76,7 @@ class InferCall:
     watch: ClientWatch | None = None
     remote_addr: str | None = None
     key_name: str | None = None
+    caller: str = "anonymous"
     on_token: Callable[[str], None] | None = None  # stream: the winner's text as it comes
 
 
@@ -365,6 +366,7 @@ class Orchestrator:
             watch=call.watch,
             remote_addr=call.remote_addr,
             key_name=call.key_name,
+            caller=call.caller,
             on_event=on_event,
         )
         return branch
@@ -798,6 +800,7 @@ class Orchestrator:
                 "time": _utc_now(),
                 "request_id": run.call.request_id,
                 "kind": "branch",
+                "caller": run.call.caller,
                 "task": run.call.task.name,
                 "strategy": run.call.strategy,
                 "model": model,
