@@ -2,7 +2,8 @@
 
 Limits file and reloader (limits_config), per-model slots and queues (limiter), the order across
 models (scheduler), request classification (inference), the gateway that admits and forwards, our
-own HTTP/1.1 transport to Ollama (transport, upstream_response). May import the core modules and
+own HTTP/1.1 transport to Ollama (transport, upstream_response), what an answer cost
+(answer_usage). May import the core modules and
 `models/` (the catalog); never Flask. Imported by `routes/`, `access/`, `health/`, metrics and the
 wiring.
 """

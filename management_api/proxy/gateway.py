@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from management_api import errors, names
 from management_api.models.catalog import Catalog
+from management_api.proxy.answer_usage import NOTHING, AnswerUsage, answer_usage
 from management_api.proxy.inference import (
     INFERENCE_ROUTES,
     MULTIPART_INFERENCE,
@@ -138,6 +139,7 @@ class Admission:
     exchange: UpstreamExchange | None = None
     cancelled: str | None = None  # why the service itself ended this request (cache clear)
     pulling: str | None = None  # the model key of a forwarded POST /api/pull
+    usage: AnswerUsage = NOTHING  # what the answer cost, once it is complete
 
     @property
     def model_key(self) -> str | None:
@@ -152,28 +154,6 @@ class Admission:
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _eval_count(tail: bytes) -> int | None:
-    """eval_count from the last JSON line of a response, when it has one."""
-    for line in reversed(tail.strip().splitlines()):
-        line = line.strip()
-        if line.startswith(b"data: "):
-            line = line[6:]
-        if not line.startswith(b"{"):
-            continue
-        try:
-            payload = json.loads(line)
-        except ValueError:
-            return None
-        if isinstance(payload, dict):
-            if isinstance(payload.get("eval_count"), int):
-                return payload["eval_count"]
-            usage = payload.get("usage")
-            if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-                return usage["completion_tokens"]
-        return None
-    return None
 
 
 def _header(headers: list[tuple[str, str]], name: str) -> str | None:
@@ -472,6 +452,7 @@ class Gateway:
             if mutation:
                 self.catalog.mutation_ended()
             ttfb = first_byte_at - record.started
+            usage = record.usage = answer_usage(body.last_chunk)
             self._log(
                 record,
                 status=response.status,
@@ -479,7 +460,9 @@ class Gateway:
                 outcome="cancelled" if record.cancelled and not body.complete else body.outcome,
                 ended=body.closed_at,
                 ttfb=ttfb,
-                eval_count=_eval_count(body.last_chunk),
+                eval_count=usage.completion_tokens,
+                prompt_tokens=usage.prompt_tokens,
+                gpu_ms=None if usage.gpu_seconds is None else round(usage.gpu_seconds * 1000, 2),
                 bytes_sent=body.bytes_sent,
                 released_after_ms=None if body.complete else round(body.released_after * 1000, 2),
             )

@@ -65,7 +65,10 @@ def _generate(base: str, request_id: str, headers: dict[str, str] | None = None)
 def test_keys_off_the_header_names_the_caller_on_every_path(open_service):
     named = {"X-LLM-Caller": "n8n.invoices-flow_2"}
     assert _generate(open_service.proxy_url, "fast-named", named).status_code == 200
-    assert _wait_for_lines(open_service, "fast-named")[0]["caller"] == "n8n.invoices-flow_2"
+    line = _wait_for_lines(open_service, "fast-named")[0]
+    assert line["caller"] == "n8n.invoices-flow_2"
+    # What the answer cost, from Ollama's final chunk: what usage and fair share count.
+    assert line["prompt_tokens"] > 0 and line["eval_count"] > 0 and line["gpu_ms"] > 0
 
     shown = requests.post(
         open_service.proxy_url + "/api/show",
