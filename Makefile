@@ -60,24 +60,12 @@ check: venv
 
 # The three installs are independent and mostly wait on the network or apt, so they run side by
 # side: on a fresh 2-core machine that took the installs from about 95 s to about 50 s.
-# Then the suite in passes:
-# 1. everything but the fuzzing and the container tests, in parallel: the suite mostly waits on
-#    servers and timeouts, so more workers than cores pay off. --dist loadfile keeps a module
-#    (and its module-scoped servers) in one worker; each worker draws its ports from a slice of
-#    its own (tests/service_harness.py).
-# 2. the schemathesis fuzzing, serially: under xdist it ran 8 of the operations and stayed green
-#    (it now checks what it reached, tests/integration/test_fuzz.py).
-# 3. the podman image tests, slow and serial. As root they must run: a missing engine fails
-#    instead of skipping (tests/container/conftest.py).
+# Then lint, then the suite's passes (scripts/test-passes.sh says which and why).
 TEST_WORKERS ?= 4
 test:
 	$(MAKE) --no-print-directory -j3 venv router-venv system-packages
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not fuzz and not container" \
-		--ignore=tests/container
-	$(PY) -m pytest -m fuzz tests/integration/test_fuzz.py
-	LLM_REQUIRE_CONTAINER_TESTS=$$([ "$$(id -u)" = 0 ] && echo 1 || echo 0) \
-		$(PY) -m pytest -m container tests/container
+	PY=$(PY) TEST_WORKERS=$(TEST_WORKERS) scripts/test-passes.sh
 
 # Debian's chromium + chromedriver for the status page's browser tests, and podman + runc +
 # mmdebstrap for the image tests (installed when missing and root; otherwise those tests skip
