@@ -1,7 +1,9 @@
 """Optional API keys with roles (no Flask; the app calls `KeyRing.authorize` per request).
 
 Keys come from ``LLM_API_KEYS`` (``name:key:role[:max_concurrency]`` entries separated by
-commas) and/or ``LLM_API_KEYS_FILE`` (one entry per line, ``#`` comments). Roles:
+commas, optionally followed by ``:priority=C``, ``:ceiling=C`` and ``:weight=W``: the key's
+default priority class, the highest it may ask for, its fair share; proxy/priority.py) and/or
+``LLM_API_KEYS_FILE`` (one entry per line, ``#`` comments). Roles:
 
 * ``admin`` — everything, including management mutations;
 * ``user`` — inference and read-only routes.
@@ -26,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from management_api.proxy.priority import DEFAULT_POLICY, CallerPolicy
+from management_api.proxy.wait_queue import CLASSES
 from management_api.settings import SettingsError
 
 ADMIN, USER = "admin", "user"
@@ -75,6 +79,7 @@ class ApiKey:
     role: str
     max_concurrency: int | None
     digest: bytes
+    policy: CallerPolicy = DEFAULT_POLICY  # its priority default, ceiling and fair-share weight
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,35 @@ def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
+_ENTRY_FORM = "name:key:role[:max_concurrency][:priority=C][:ceiling=C][:weight=W]"
+
+
+def _policy(options: list[str], where: str) -> CallerPolicy:
+    """The optional ``priority=``, ``ceiling=`` and ``weight=`` fields of a key entry."""
+    found: dict[str, str] = {}
+    for option in options:
+        name, sep, value = option.partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if not sep or name not in ("priority", "ceiling", "weight") or name in found:
+            raise SettingsError(f"{where} is invalid: {option!r}; expected {_ENTRY_FORM}")
+        found[name] = value
+    for name in ("priority", "ceiling"):
+        if name in found and found[name].lower() not in CLASSES:
+            raise SettingsError(f"{where} is invalid: {name} must be one of {', '.join(CLASSES)}")
+    weight = 1.0
+    if "weight" in found:
+        try:
+            weight = float(found["weight"])
+        except ValueError:
+            weight = 0.0
+        if not 0 < weight <= 1000:
+            raise SettingsError(f"{where} is invalid: weight must be a number in (0, 1000]")
+    priority, ceiling = found.get("priority"), found.get("ceiling")
+    return CallerPolicy(
+        priority.lower() if priority else None, ceiling.lower() if ceiling else None, weight
+    )
+
+
 def parse_entries(entries: Iterable[str], source: str) -> list[ApiKey]:
     keys: list[ApiKey] = []
     seen: set[str] = set()
@@ -100,8 +134,13 @@ def parse_entries(entries: Iterable[str], source: str) -> list[ApiKey]:
             continue
         parts = entry.split(":")
         where = f"{source} entry {index}"
-        if len(parts) not in (3, 4):
-            raise SettingsError(f"{where} is invalid: expected name:key:role[:max_concurrency]")
+        if len(parts) < 3:
+            raise SettingsError(f"{where} is invalid: expected {_ENTRY_FORM}")
+        options = parts[3:]
+        if options and "=" not in options[0]:
+            parts, options = parts[:4], options[1:]
+        else:
+            parts = parts[:3]
         name, secret, role = parts[0].strip(), parts[1].strip(), parts[2].strip().lower()
         if not _NAME.match(name):
             raise SettingsError(f"{where} is invalid: the name must be 1-64 of A-Z a-z 0-9 _ . -")
@@ -124,7 +163,8 @@ def parse_entries(entries: Iterable[str], source: str) -> list[ApiKey]:
         if name in seen:
             raise SettingsError(f"{where} is invalid: the name {name!r} is used twice")
         seen.add(name)
-        keys.append(ApiKey(name, role, limit, _digest(secret)))
+        policy = _policy(options, f"{where} ({name})")
+        keys.append(ApiKey(name, role, limit, _digest(secret), policy))
     return keys
 
 

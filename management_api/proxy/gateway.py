@@ -45,12 +45,17 @@ from management_api.proxy.inference import (
     read_form,
 )
 from management_api.proxy.limiter import (
+    SHED,
     AdmissionCancelled,
     AdmissionRejected,
     Limiter,
     Rejection,
     Slot,
+    Ticket,
 )
+from management_api.proxy.priority import DEFAULT_POLICY, CallerPolicy
+from management_api.proxy.priority import HEADER as PRIORITY_HEADER
+from management_api.proxy.priority import resolve as resolve_priority
 from management_api.proxy.socket_watch import SocketWatcher
 from management_api.proxy.target import wire_path
 from management_api.proxy.transport import (
@@ -66,6 +71,7 @@ from management_api.proxy.transport import (
     forwardable_request_headers,
     forwardable_response_headers,
 )
+from management_api.proxy.wait_queue import STANDARD
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("llm_service.access")
@@ -108,6 +114,8 @@ class ClientRequest:
     remote_addr: str | None = None
     key_name: str | None = None  # the API key's name (never the key)
     caller: str = "anonymous"  # who is calling (access/hooks.py caller_name)
+    policy: CallerPolicy = DEFAULT_POLICY  # the key's priority default, ceiling and weight
+    task_priority: str | None = None  # the class its task names (tasks.toml), for branches
     cache: str | None = None  # what the response cache did (HIT, MISS, …), for the access log
 
     @property
@@ -140,6 +148,8 @@ class Admission:
     cancelled: str | None = None  # why the service itself ended this request (cache clear)
     pulling: str | None = None  # the model key of a forwarded POST /api/pull
     usage: AnswerUsage = NOTHING  # what the answer cost, once it is complete
+    priority: str | None = None  # its class, once admission resolved it
+    ticket: Ticket | None = None  # its place while queued (queue position)
 
     @property
     def model_key(self) -> str | None:
@@ -171,14 +181,20 @@ def _pull_model_key(payload: Any) -> str | None:
         return None
 
 
+_REASON_TEXT = {SHED: "shed: a request of a higher priority class took its queue place"}
+
+
 def concurrency_limit(rejection: Rejection, model: str) -> errors.ConcurrencyLimit:
     """The 429 of a refused request (queue full or waited too long), in every protocol's form."""
     retry_after = str(rejection.retry_after_seconds)
     return errors.ConcurrencyLimit(
         f"model '{model}' is at its concurrency limit "
         f"({rejection.in_flight}/{rejection.limit} running, {rejection.queued} queued): "
-        f"{rejection.reason.replace('_', ' ')}; retry after {retry_after} s",
+        f"{_REASON_TEXT.get(rejection.reason, rejection.reason.replace('_', ' '))}; "
+        f"retry after {retry_after} s",
         headers={"Retry-After": retry_after},
+        # A higher class took its queue place: a type of its own, so a client can tell.
+        type="shed" if rejection.reason == SHED else None,
         model=model,
         limit=rejection.limit,
         in_flight=rejection.in_flight,
@@ -312,6 +328,14 @@ class Gateway:
                 self._log(record, status=404, outcome="model_not_found")
                 raise errors.NotFound(f"model '{intent.model}' not found")
             if installed is not False:
+                record.priority = resolve_priority(
+                    header=_header(request.headers, PRIORITY_HEADER.lower()),
+                    payload=payload,
+                    openai=request.path.startswith("/v1/"),
+                    task_priority=request.task_priority,
+                    policy=request.policy,
+                    default=self.limiter.limits_for(intent.model_key).priority,
+                )
                 record.slot = self._admit(record, intent.model_key)
         return record
 
@@ -344,10 +368,19 @@ class Gateway:
             return self.watcher.watch_client(client_sock, cancel).cancel
 
         try:
+            request = record.request
+
+            def on_queued(ticket: Ticket) -> None:
+                record.ticket = ticket
+
             slot = self.limiter.acquire(
                 model_key,
                 is_cancelled=watch.gone,
                 watch_queued=watch_queued if client_sock is not None else None,
+                priority=record.priority or STANDARD,
+                caller=request.caller,
+                weight=request.policy.weight,
+                on_queued=on_queued,
             )
         except AdmissionCancelled:
             self._log(record, status=CLIENT_CLOSED_STATUS, outcome="client_gone_queued")
@@ -357,6 +390,7 @@ class Gateway:
             model = record.intent.model if record.intent else model_key
             raise concurrency_limit(exc.rejection, model) from None
         record.queue_wait = slot.queue_wait_seconds
+        record.ticket = None
         return slot
 
     # --- forwarding
@@ -448,11 +482,13 @@ class Gateway:
 
         def on_close(body: ProxiedBody) -> None:
             # Called once Ollama has let go of the request (at once for a complete answer).
+            usage = record.usage = answer_usage(body.last_chunk)
+            if slot is not None and usage.gpu_seconds is not None:
+                slot.charge_seconds = usage.gpu_seconds  # fair share counts GPU time
             self._release(record, slot, body.released_after, body.release_timed_out)
             if mutation:
                 self.catalog.mutation_ended()
             ttfb = first_byte_at - record.started
-            usage = record.usage = answer_usage(body.last_chunk)
             self._log(
                 record,
                 status=response.status,
@@ -571,6 +607,7 @@ class Gateway:
             "remote_addr": record.request.remote_addr,
             "key": record.request.key_name,
             "caller": record.request.caller,
+            "priority": record.priority,
             "method": record.request.method,
             "path": record.request.path,
             "model": intent.model if intent else None,

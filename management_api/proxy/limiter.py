@@ -10,7 +10,8 @@ Exceptions::
     AdmissionError            .rejection: Rejection (model, reason, limit, in_flight, queued, ...)
     ├── AdmissionRejected     answer 429 with Retry-After
     │   ├── QueueFull         the model's queue held max_queue waiters on arrival
-    │   └── QueueTimeout      waited max_wait_seconds without a slot
+    │   ├── QueueTimeout      waited max_wait_seconds without a slot
+    │   └── Shed              a higher class arrived at a full queue and took this place
     └── AdmissionCancelled    is_cancelled() said the client is gone while queued
 """
 
@@ -23,7 +24,7 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Protocol
@@ -39,13 +40,16 @@ from management_api.proxy.limits_config import (
     simple_normalize,
 )
 from management_api.proxy.scheduler import Hold, ModelScheduler
+from management_api.proxy.wait_queue import INTERACTIVE, RANK, STANDARD, WaitQueue
 
 log = logging.getLogger(__name__)
 
 QUEUE_FULL = "queue_full"
 QUEUE_TIMEOUT = "queue_timeout"
 CANCELLED = "cancelled"
-REJECT_REASONS: tuple[str, ...] = (QUEUE_FULL, QUEUE_TIMEOUT, CANCELLED)
+SHED = "shed"
+REJECT_REASONS: tuple[str, ...] = (QUEUE_FULL, QUEUE_TIMEOUT, CANCELLED, SHED)
+ANONYMOUS = "anonymous"
 # How often a held waiter re-checks its hold (it may end by time, not only by a release).
 SCHEDULER_RECHECK_SECONDS = 0.25
 
@@ -96,6 +100,10 @@ class QueueFull(AdmissionRejected):
     reason = QUEUE_FULL
 
 
+class Shed(AdmissionRejected):
+    reason = SHED
+
+
 class QueueTimeout(AdmissionRejected):
     reason = QUEUE_TIMEOUT
 
@@ -107,7 +115,7 @@ class AdmissionCancelled(AdmissionError):
 
 
 _ERROR_FOR_REASON: dict[str, type[AdmissionError]] = {
-    cls.reason: cls for cls in (QueueFull, QueueTimeout, AdmissionCancelled)
+    cls.reason: cls for cls in (QueueFull, QueueTimeout, AdmissionCancelled, Shed)
 }
 
 
@@ -182,6 +190,7 @@ class _ModelState:
         "queue",
         "rejected",
         "rule",
+        "running",
         "service_ewma",
         "waits",
     )
@@ -191,7 +200,8 @@ class _ModelState:
         self.rule = rule
         self.limits = limits
         self.in_flight = 0
-        self.queue: deque[Ticket] = deque()
+        self.queue = WaitQueue()
+        self.running: dict[str, int] = {}  # caller -> requests holding a slot
         self.followers = 0  # requests waiting for an identical one's answer (the cache)
         self.pauses = 0
         self.admitted = 0
@@ -217,10 +227,14 @@ class Slot:
         "_released",
         "_state",
         "admitted_at",
+        "caller",
+        "charge_seconds",
         "held_seconds",
         "limits",
+        "priority",
         "queue_wait_seconds",
         "swap",
+        "weight",
     )
 
     def __init__(
@@ -231,6 +245,10 @@ class Slot:
         queue_wait_seconds: float,
         held_seconds: float = 0.0,
         swap: bool = False,
+        *,
+        priority: str = STANDARD,
+        caller: str = ANONYMOUS,
+        weight: float = 1.0,
     ) -> None:
         self._limiter = limiter
         self._state = state
@@ -242,6 +260,12 @@ class Slot:
         # The part of the queue wait the scheduler held it back, and whether its model swapped in.
         self.held_seconds = held_seconds
         self.swap = swap
+        self.priority = priority
+        self.caller = caller
+        self.weight = weight
+        # What to charge the caller's fair share at release: the GPU time Ollama reported;
+        # None charges the time the slot was held.
+        self.charge_seconds: float | None = None
 
     @property
     def model(self) -> str:
@@ -269,14 +293,29 @@ class Slot:
 class Ticket:
     """One request's passage through admission: queued, then a ``slot`` or a ``rejection``."""
 
-    __slots__ = ("_event", "_limiter", "_state", "arrived_at", "rejection", "seq", "slot")
+    __slots__ = (
+        "_event", "_limiter", "_state", "arrived_at", "caller", "priority", "rejection", "seq",
+        "slot", "weight",
+    )  # fmt: skip
 
-    def __init__(self, limiter: Limiter, state: _ModelState, seq: int, arrived_at: float) -> None:
+    def __init__(
+        self,
+        limiter: Limiter,
+        state: _ModelState,
+        seq: int,
+        arrived_at: float,
+        priority: str = STANDARD,
+        caller: str = ANONYMOUS,
+        weight: float = 1.0,
+    ) -> None:
         self._limiter = limiter
         self._state = state
         self._event = threading.Event()
         self.seq = seq
         self.arrived_at = arrived_at
+        self.priority = priority
+        self.caller = caller
+        self.weight = weight
         self.slot: Slot | None = None
         self.rejection: Rejection | None = None
 
@@ -295,6 +334,10 @@ class Ticket:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until something happened to this ticket; True if woken before the timeout."""
         return self._event.wait(timeout)
+
+    def position(self) -> int | None:
+        """How many waiters of its model are ahead of it now; None once it left the queue."""
+        return self._limiter._position(self)
 
 
 class FollowerPlace:
@@ -387,6 +430,10 @@ class Limiter:
         is_cancelled: Callable[[], bool] | None = None,
         poll_seconds: float = 0.25,
         watch_queued: Callable[[Callable[[], bool]], Callable[[], None]] | None = None,
+        priority: str = STANDARD,
+        caller: str = ANONYMOUS,
+        weight: float = 1.0,
+        on_queued: Callable[[Ticket], None] | None = None,
     ) -> Slot:
         """Block until the request may run and return its slot.
 
@@ -419,11 +466,13 @@ class Limiter:
         """
         if poll_seconds <= 0:
             raise ValueError("poll_seconds must be positive")
-        ticket = self.submit(model_key)
+        ticket = self.submit(model_key, priority=priority, caller=caller, weight=weight)
         unwatch: Callable[[], None] | None = None
         try:
             if watch_queued is not None and not ticket.done:
                 unwatch = watch_queued(ticket.cancel)
+            if on_queued is not None and not ticket.done:
+                on_queued(ticket)
             return self._await(ticket, is_cancelled, poll_seconds)
         except AdmissionError:
             raise
@@ -435,7 +484,14 @@ class Limiter:
             if unwatch is not None:
                 unwatch()
 
-    def submit(self, model_key: str) -> Ticket:
+    def submit(
+        self,
+        model_key: str,
+        *,
+        priority: str = STANDARD,
+        caller: str = ANONYMOUS,
+        weight: float = 1.0,
+    ) -> Ticket:
         """Arrive without blocking (cases 1-3 of ``acquire``); raises ``QueueFull``."""
         key = self._normalize(model_key)
         events: list[tuple[str, str, Any]] = []
@@ -443,22 +499,39 @@ class Limiter:
         with self._lock:
             state = self._state_locked(key)
             now = self._clock()
-            ticket = Ticket(self, state, next(self._seq), now)
+            ticket = Ticket(self, state, next(self._seq), now, priority, caller, weight)
             admit = not state.queue and self._has_room_locked(state) and not self._full_locked()
-            if admit and self._may_run_locked(state, now):
+            if admit and (priority == INTERACTIVE or self._may_run_locked(state, now)):
                 self._admit_locked(ticket, now, events)
             elif (
                 len(state.queue) + state.followers >= state.limits.max_queue or self._full_locked()
             ):
-                self._reject_locked(ticket, QUEUE_FULL, now, events)
+                victim = state.queue.shed_candidate(priority) if state.queue else None
+                if victim is None:
+                    self._reject_locked(ticket, QUEUE_FULL, now, events)
+                else:
+                    # A lower class makes room: the newest of the lowest class leaves.
+                    assert isinstance(victim, Ticket)
+                    self._unqueue_locked(victim)
+                    self._reject_locked(victim, SHED, now, events)
+                    self._enqueue_locked(state, ticket)
             else:
-                state.queue.append(ticket)
-                self._waiting.add(state)
-                self._queued += 1
+                self._enqueue_locked(state, ticket)
         self._notify(events)
         if ticket.rejection is not None:
             raise _ERROR_FOR_REASON[ticket.rejection.reason](ticket.rejection)
         return ticket
+
+    def _enqueue_locked(self, state: _ModelState, ticket: Ticket) -> None:
+        state.queue.append(ticket)
+        self._waiting.add(state)
+        self._queued += 1
+
+    def _position(self, ticket: Ticket) -> int | None:
+        with self._lock:
+            if ticket.done:
+                return None
+            return ticket._state.queue.ahead_of(ticket)
 
     def follow(self, model_key: str) -> FollowerPlace:
         """Take a queue place to wait for an identical request's answer; raises ``QueueFull``
@@ -515,11 +588,11 @@ class Limiter:
         with self._lock:
             now = self._clock()
             for state in list(self._waiting):
-                # Arrival order is queue order, so the expired ones are at the head.
-                while state.queue and (
-                    now - state.queue[0].arrived_at >= state.limits.max_wait_seconds
+                while (oldest := state.queue.oldest()) is not None and (
+                    now - oldest.arrived_at >= state.limits.max_wait_seconds
                 ):
-                    ticket = state.queue[0]
+                    ticket = oldest
+                    assert isinstance(ticket, Ticket)
                     self._unqueue_locked(ticket)
                     self._reject_locked(ticket, QUEUE_TIMEOUT, now, events)
         self._notify(events)
@@ -572,7 +645,8 @@ class Limiter:
         """The scheduler's word on admitting this model now (always yes under ``fifo``)."""
         if not self._scheduler.active:
             return True
-        oldest = state.queue[0].arrived_at if state.queue else now
+        first = state.queue.oldest()
+        oldest = first.arrived_at if first is not None else now
         hold = self._scheduler.decide(state.key, oldest, now, self._work)
         if hold is None:
             if state.held_since is not None and state.hold_ended is None:
@@ -585,25 +659,33 @@ class Limiter:
         return False
 
     def _dispatch_locked(self, events: list[tuple[str, str, Any]]) -> None:
-        """Case 4: hand free room to the oldest eligible waiters."""
-        now: float | None = self._clock() if self._scheduler.active else None
+        """Case 4: hand free room to the first eligible waiters: per model the one its queue
+        order names (wait_queue.py); across models aged waiters first, then the higher class,
+        then the earlier arrival."""
+        now = self._clock()
         cap = self._resolver.config.global_max_concurrency
         while self._waiting and (cap == 0 or self._global_in_flight < cap):
-            oldest: Ticket | None = None
+            best: Ticket | None = None
+            best_key: tuple[int, int, int] | None = None
             for state in self._waiting:
                 if state.pauses or state.in_flight >= state.limits.max_concurrency:
                     continue
-                if now is not None and not self._may_run_locked(state, now):
+                chosen = state.queue.next(now, state.limits.aging_seconds)
+                if chosen is None:
                     continue
-                head = state.queue[0]
-                if oldest is None or head.seq < oldest.seq:
-                    oldest = head
-            if oldest is None:
+                head, aged = chosen
+                assert isinstance(head, Ticket)
+                # A hold keeping another model loaded yields at once to an interactive waiter.
+                held = self._scheduler.active and head.priority != INTERACTIVE
+                if held and not self._may_run_locked(state, now):
+                    continue
+                order = (0 if aged else 1, -RANK[head.priority], head.seq)
+                if best_key is None or order < best_key:
+                    best, best_key = head, order
+            if best is None:
                 return
-            if now is None:
-                now = self._clock()
-            self._unqueue_locked(oldest)
-            self._admit_locked(oldest, now, events)
+            self._unqueue_locked(best)
+            self._admit_locked(best, now, events)
 
     def _admit_locked(self, ticket: Ticket, now: float, events: list[tuple[str, str, Any]]) -> None:
         state = ticket._state
@@ -615,12 +697,16 @@ class Limiter:
             if not state.queue:
                 state.held_since = state.hold_ended = None
         admitted = self._scheduler.on_admit(state.key, now, self._work)
+        state.queue.dispatched(ticket)
+        state.running[ticket.caller] = state.running.get(ticket.caller, 0) + 1
         state.in_flight += 1
         state.admitted += 1
         state.waits.observe(wait)
         self._global_in_flight += 1
         self._admitted += 1
-        ticket.slot = Slot(self, state, now, wait, held, admitted.swap)
+        ticket.slot = Slot(self, state, now, wait, held, admitted.swap,
+                           priority=ticket.priority, caller=ticket.caller,
+                           weight=ticket.weight)  # fmt: skip
         ticket._event.set()
         events.append(("on_admit", state.key, wait))
         if held > 0:
@@ -680,6 +766,13 @@ class Limiter:
             self._global_in_flight -= 1
             self._completed += 1
             service = max(0.0, self._clock() - slot.admitted_at)
+            left = state.running.get(slot.caller, 0) - 1
+            if left > 0:
+                state.running[slot.caller] = left
+            else:
+                state.running.pop(slot.caller, None)
+            charge = slot.charge_seconds if slot.charge_seconds is not None else service
+            state.queue.charge(slot.caller, charge, slot.weight)
             if slot.swap:
                 self._scheduler.observe_swap(state.key, service - (state.service_ewma or 0.0))
             if state.service_ewma is None:
@@ -792,8 +885,9 @@ class Limiter:
         if not self._scheduler.active:
             return 0.0
         extra = self._scheduler.swap_estimate(state.key, self._work)
-        if state.hold is not None and state.queue:
-            waited = self._clock() - state.queue[0].arrived_at
+        first = state.queue.oldest()
+        if state.hold is not None and first is not None:
+            waited = self._clock() - first.arrived_at
             extra += max(0.0, self._scheduler.config.max_hold_seconds - waited)
         return extra
 
@@ -904,6 +998,9 @@ class Limiter:
             "paused": bool(state.pauses),
             "in_flight": state.in_flight,
             "queued": len(state.queue),
+            "queued_by_priority": state.queue.counts(),
+            "callers_queued": state.queue.callers(),
+            "callers_in_flight": dict(state.running),
             "coalesced_waiting": state.followers,
             "admitted": state.admitted,
             "completed": state.completed,

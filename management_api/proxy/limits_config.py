@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from management_api.proxy.file_reload import SettledFileReloader
+from management_api.proxy.wait_queue import CLASSES as PRIORITY_CLASSES
 
 try:
     import tomllib
@@ -53,6 +54,11 @@ class ModelLimits:
     release_timeout_seconds: float = 30.0
     # 0 = off: a non-stream request answers nothing until its body is ready.
     early_headers_after_seconds: float = 0.0
+    # A waiter older than this is served next within its model whatever its class (no
+    # starvation); 0 = classes alone decide. Below max_wait_seconds to matter.
+    aging_seconds: float = 120.0
+    # The class of a request nothing else classes (header, service_tier, task, key).
+    priority: str = "standard"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -147,8 +153,9 @@ _INT_FORMS = {
 }
 _SECONDS_FORM = "a positive finite number of seconds"
 _OPTIONAL_SECONDS_FORM = "a finite number of seconds >= 0 (0 = off)"
-_ZERO_ALLOWED = frozenset({"early_headers_after_seconds"})
+_ZERO_ALLOWED = frozenset({"early_headers_after_seconds", "aging_seconds"})
 _GLOBAL_FORM = "an integer >= 0 (0 = no global cap)"
+_PRIORITY_FORM = " or ".join(f'"{c}"' for c in PRIORITY_CLASSES)
 _POLICY_FORM = " or ".join(f'"{policy}"' for policy in SCHEDULER_POLICIES)
 _MAX_LOADED_FORM = "an integer >= 0 (0 = from OLLAMA_MAX_LOADED_MODELS and memory)"
 
@@ -201,7 +208,12 @@ def _limit_overrides(table: Mapping[str, Any], source: str, path: str) -> dict[s
         if key not in table:
             continue
         key_path = f"{path}.{key}"
-        if key in _INT_FORMS:
+        if key == "priority":
+            value = table[key]
+            if value not in PRIORITY_CLASSES:
+                raise _fail(source, key_path, f"got {_shown(value)}", _PRIORITY_FORM)
+            values[key] = value
+        elif key in _INT_FORMS:
             form, minimum = _INT_FORMS[key]
             values[key] = _check_int(table[key], minimum, source, key_path, form)
         else:

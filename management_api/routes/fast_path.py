@@ -30,6 +30,7 @@ from management_api.access.cors import CorsPolicy
 from management_api.proxy import early_headers
 from management_api.proxy.gateway import ClientRequest, Gateway
 from management_api.proxy.inference import INFERENCE_ROUTES
+from management_api.proxy.priority import DEFAULT_POLICY
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ class InferenceFastPath:
                 flavor=flavor,
                 remote_addr=remote_addr,
                 key_name=key.name if key else None,
+                policy=key.policy if key else DEFAULT_POLICY,
                 caller=caller,
             )
             proxied = True

@@ -14,6 +14,7 @@ from flask import Response, current_app, g, request
 from management_api import errors
 from management_api.proxy import early_headers, target
 from management_api.proxy.gateway import ClientRequest
+from management_api.proxy.priority import DEFAULT_POLICY
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
 
 # Blob uploads carry whole GGUF files: streamed to Ollama, never held in memory, not capped.
@@ -59,6 +60,7 @@ def forward_current_request(flavor: str) -> Response:
         flavor=flavor,
         remote_addr=request.remote_addr,
         key_name=key.name if key else None,
+        policy=key.policy if key else DEFAULT_POLICY,
         caller=g.caller,
     )
     try:

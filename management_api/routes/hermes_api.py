@@ -21,6 +21,7 @@ from management_api import __version__, errors, names
 from management_api.bodies import loads_bounded
 from management_api.ollama import OllamaError
 from management_api.proxy.gateway import ClientRequest, ForwardedResponse
+from management_api.proxy.priority import DEFAULT_POLICY
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
 
 bp = Blueprint("hermes_api", __name__)
@@ -98,6 +99,7 @@ def _client_request(body: dict[str, Any]) -> ClientRequest:
         flavor=errors.HERMES,
         remote_addr=request.remote_addr,
         key_name=key.name if key else None,
+        policy=key.policy if key else DEFAULT_POLICY,
         caller=g.caller,
     )
 

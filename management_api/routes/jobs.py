@@ -42,6 +42,8 @@ from management_api.jobs.manager import (
     JobsNotRunning,
     Outcome,
 )
+from management_api.proxy.priority import HEADER as PRIORITY_HEADER
+from management_api.proxy.wait_queue import BATCH
 
 log = logging.getLogger(__name__)
 bp = Blueprint("jobs", __name__)
@@ -223,7 +225,8 @@ class RequestPathExecutor:
             method="POST",
             data=payload,
             content_type="application/json",
-            headers={"X-Request-ID": run.request_id},
+            # A job's caller is not waiting on the line: its request waits in the batch class.
+            headers={"X-Request-ID": run.request_id, PRIORITY_HEADER: BATCH},
             environ_base=environ,
         ):
             g.started = time.monotonic()

@@ -21,6 +21,7 @@ from management_api import errors, names
 from management_api.bodies import loads_bounded
 from management_api.cache.service import HEADER as CACHE_HEADER
 from management_api.cache.service import ResultPlan
+from management_api.proxy.priority import DEFAULT_POLICY
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
 from management_api.tasks.config import MAX_MODELS_PER_TASK, STRATEGIES, STREAMABLE
 from management_api.tasks.orchestrator import InferCall, settled
@@ -106,6 +107,7 @@ def _call(payload: Any) -> InferCall:
         remote_addr=request.remote_addr,
         key_name=key.name if key else None,
         caller=g.caller,
+        policy=key.policy if key else DEFAULT_POLICY,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from management_api import errors
 from management_api.proxy.gateway import Admission, ClientRequest, Gateway
+from management_api.proxy.priority import DEFAULT_POLICY, CallerPolicy
 from management_api.proxy.transport import BodyParts, ClientGone, ClientWatch
 from management_api.tasks import breaker as breakers
 from management_api.tasks.jsonschema import validate
@@ -151,11 +152,16 @@ def run_branch(
     remote_addr: str | None,
     key_name: str | None,
     caller: str = "anonymous",
+    policy: CallerPolicy = DEFAULT_POLICY,
+    task_priority: str | None = None,
     on_event: Callable[[Branch, str], None],
 ) -> None:
     """Run on a pool thread: admit, stream the answer, release, then report "done"."""
     try:
-        _run(branch, gateway, request_id, watch, remote_addr, key_name, caller, on_event)
+        _run(
+            branch, gateway, request_id, watch, remote_addr, key_name, caller, policy,
+            task_priority, on_event,
+        )  # fmt: skip
     except Exception as exc:  # a bug must not leave the orchestrator waiting
         branch.status, branch.error = ERROR, f"internal error ({type(exc).__name__})"
     finally:
@@ -195,6 +201,8 @@ def _run(
     remote_addr: str | None,
     key_name: str | None,
     caller: str,
+    policy: CallerPolicy,
+    task_priority: str | None,
     on_event: Callable[[Branch, str], None],
 ) -> None:
     parts = body_parts(branch)
@@ -212,6 +220,8 @@ def _run(
         remote_addr=remote_addr,
         key_name=key_name,
         caller=caller,
+        policy=policy,
+        task_priority=task_priority,
     )
     try:
         admission = gateway.admit(request)

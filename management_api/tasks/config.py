@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from management_api import names
+from management_api.proxy.wait_queue import CLASSES as PRIORITY_CLASSES
 from management_api.tasks.jsonschema import SchemaError, check_schema
 
 try:
@@ -50,6 +51,7 @@ _TASK_KEYS = (
     "judge",
     "fallback",
     "cache_ttl_seconds",
+    "priority",
 )
 _DEFAULTS_KEYS = ("deadline_ms", "max_deadline_ms", "max_concurrent", "cache_ttl_seconds")
 
@@ -116,6 +118,7 @@ class Task:
     judge: Judge | None = None
     fallback: str | None = None
     cache_ttl_seconds: int = 0  # 0: results are never cached
+    priority: str | None = None  # the class its branches wait in (else the caller's default)
     identity: str = ""  # hash of everything above that shapes an answer (the cache keys on it)
 
     def weight(self, model: str) -> float:
@@ -150,6 +153,7 @@ class Task:
             "fallback": self.fallback,
             "fields": list(self.template.fields),
             "cache_ttl_seconds": self.cache_ttl_seconds,
+            "priority": self.priority,
         }
 
 
@@ -409,6 +413,10 @@ def _build_task(name: str, table: Any, base: Path, src: str, default_ttl: int = 
             "one of: fallback, fastest, voting, weighted, consensus",
         )
     options = dict(options)
+    priority = table.get("priority")
+    if priority is not None and priority not in PRIORITY_CLASSES:
+        raise _fail(src, f"{path}.priority", f"got {_shown(priority)}",
+                    " or ".join(f'"{c}"' for c in PRIORITY_CLASSES))  # fmt: skip
     cache_ttl = default_ttl
     if "cache_ttl_seconds" in table:
         cache_ttl = _int(table, "cache_ttl_seconds", 0, 0, src, path)
@@ -439,6 +447,7 @@ def _build_task(name: str, table: Any, base: Path, src: str, default_ttl: int = 
         judge=judge,
         fallback=fallback,
         cache_ttl_seconds=cache_ttl,
+        priority=priority,
     )
     return dataclasses.replace(task, identity=task_identity(task))
 

@@ -28,6 +28,7 @@ from management_api.models.catalog import Catalog
 from management_api.ollama import OllamaError
 from management_api.proxy.gateway import Gateway
 from management_api.proxy.limiter import Limiter
+from management_api.proxy.priority import DEFAULT_POLICY, CallerPolicy
 from management_api.proxy.transport import ClientGone, ClientWatch
 from management_api.tasks import branch as br
 from management_api.tasks import voting
@@ -77,6 +78,7 @@ class InferCall:
     remote_addr: str | None = None
     key_name: str | None = None
     caller: str = "anonymous"
+    policy: CallerPolicy = DEFAULT_POLICY  # the key's priority default, ceiling and weight
     on_token: Callable[[str], None] | None = None  # stream: the winner's text as it comes
 
 
@@ -367,6 +369,8 @@ class Orchestrator:
             remote_addr=call.remote_addr,
             key_name=call.key_name,
             caller=call.caller,
+            policy=call.policy,
+            task_priority=call.task.priority,
             on_event=on_event,
         )
         return branch

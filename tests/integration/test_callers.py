@@ -152,4 +152,6 @@ def test_a_job_runs_as_the_caller_that_submitted_it(open_service):
         for line in open_service.output().splitlines()
         if "llm_service.access: " in line and '"caller":"nightly-batch"' in line
     ]
-    assert any(line["path"] == "/api/generate" for line in ran), ran
+    generated = [line for line in ran if line["path"] == "/api/generate"]
+    assert generated, ran
+    assert generated[0]["priority"] == "batch"  # nobody waits on the line for a job

@@ -231,7 +231,7 @@ def test_cancel_while_queued_frees_the_place_and_counts():
     running.slot.release()
     assert queued.slot is None and replacement.slot is not None
     counts = limiter.snapshot()["totals"]
-    assert counts["rejected"] == {"queue_full": 1, "queue_timeout": 0, "cancelled": 1}
+    assert counts["rejected"] == {"queue_full": 1, "queue_timeout": 0, "cancelled": 1, "shed": 0}
     assert counts["admitted"] == 2
 
 
@@ -668,7 +668,7 @@ def test_snapshot_shape_is_stable_and_json_ready():
         "coalesced_waiting": 0,
         "admitted": 2,
         "completed": 1,
-        "rejected": {"queue_full": 0, "queue_timeout": 0, "cancelled": 0},
+        "rejected": {"queue_full": 0, "queue_timeout": 0, "cancelled": 0, "shed": 0},
     }
 
     by_model = {view["model"]: view for view in snapshot["models"]}
@@ -677,11 +677,13 @@ def test_snapshot_shape_is_stable_and_json_ready():
     llama = by_model["llama3:latest"]
     assert set(llama) == {
         "model", "rule", "limits", "paused", "in_flight", "queued", "coalesced_waiting",
-        "admitted", "completed",
+        "queued_by_priority", "callers_queued", "callers_in_flight", "admitted", "completed",
         "rejected", "wait_seconds", "service_seconds_ewma", "retry_after_seconds",
     }  # fmt: skip
     assert llama["limits"] == ModelLimits(max_concurrency=1).to_dict()
     assert (llama["in_flight"], llama["admitted"], llama["completed"]) == (1, 2, 1)
+    assert llama["queued_by_priority"] == {"interactive": 0, "standard": 0, "batch": 0}
+    assert (llama["callers_queued"], llama["callers_in_flight"]) == ({}, {"anonymous": 1})
     assert llama["wait_seconds"]["count"] == 2 and llama["wait_seconds"]["max"] == 1.0
     assert set(llama["wait_seconds"]) == {"count", "sum", "max", "p50", "p95"}
     assert by_model["nomic-embed:latest"]["paused"] is True
@@ -824,7 +826,7 @@ def test_followers_take_queue_places_and_time_out_like_waiters():
     place.release()  # only the first give-back counts
     totals = limiter.snapshot()["totals"]
     assert totals["coalesced_waiting"] == 0
-    assert totals["rejected"] == {"queue_full": 2, "queue_timeout": 1, "cancelled": 0}
+    assert totals["rejected"] == {"queue_full": 2, "queue_timeout": 1, "cancelled": 0, "shed": 0}
     limiter.follow("m").release()  # the place is free again
     slot.release()
 
