@@ -1,6 +1,7 @@
 """The Ollama-compatible proxy: admission, forwarding and transport of inference requests.
 
-Limits file and reloader (limits_config), per-model slots and queues (limiter), the order across
+Limits file and reloader (limits_config), per-model slots and queues (limiter), the order within
+a model's queue (wait_queue) and the class a request waits in (priority), the order across
 models (scheduler), request classification (inference), the gateway that admits and forwards, our
 own HTTP/1.1 transport to Ollama (transport, upstream_response), what an answer cost
 (answer_usage). May import the core modules and

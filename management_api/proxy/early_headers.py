@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 KEEPALIVE_SECONDS = 15.0
 CONTENT_TYPE = "application/json; charset=utf-8"  # what Ollama's c.JSON sends, /v1 too
 EARLY_HEADER = "X-Early-Headers"
+QUEUE_POSITION_HEADER = "X-Queue-Position"
 MAX_ERROR_BODY_BYTES = 64 * 1024
 
 
@@ -82,9 +83,15 @@ def forward(
     except FutureTimeout:
         pass
     log.info("request %s: no answer after %.1f s, sending headers early", request.request_id, after)
+    headers = [("Content-Type", CONTENT_TYPE), (EARLY_HEADER, f"{after:g}")]
+    ticket = request.ticket
+    position = ticket.position() if ticket is not None else None
+    if position is not None:
+        # Still queued: how many of its model's waiters go before it (0 = next).
+        headers.append((QUEUE_POSITION_HEADER, str(position)))
     return ForwardedResponse(
         status=200,
-        headers=[("Content-Type", CONTENT_TYPE), (EARLY_HEADER, f"{after:g}")],
+        headers=headers,
         body=EarlyBody(future, request.request_id, keepalive_seconds),
     )
 

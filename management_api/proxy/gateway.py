@@ -117,6 +117,7 @@ class ClientRequest:
     policy: CallerPolicy = DEFAULT_POLICY  # the key's priority default, ceiling and weight
     task_priority: str | None = None  # the class its task names (tasks.toml), for branches
     cache: str | None = None  # what the response cache did (HIT, MISS, …), for the access log
+    ticket: Ticket | None = None  # its queue place while it waits (early headers show it)
 
     @property
     def target(self) -> str:
@@ -371,7 +372,7 @@ class Gateway:
             request = record.request
 
             def on_queued(ticket: Ticket) -> None:
-                record.ticket = ticket
+                record.ticket = request.ticket = ticket
 
             slot = self.limiter.acquire(
                 model_key,
@@ -390,7 +391,7 @@ class Gateway:
             model = record.intent.model if record.intent else model_key
             raise concurrency_limit(exc.rejection, model) from None
         record.queue_wait = slot.queue_wait_seconds
-        record.ticket = None
+        record.ticket = record.request.ticket = None
         return slot
 
     # --- forwarding

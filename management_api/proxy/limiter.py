@@ -517,6 +517,9 @@ class Limiter:
                     self._enqueue_locked(state, ticket)
             else:
                 self._enqueue_locked(state, ticket)
+            if not ticket.done and priority == INTERACTIVE and self._scheduler.active:
+                # Queued behind a hold's own waiters: a hold does not keep a person waiting.
+                self._dispatch_locked(events)
         self._notify(events)
         if ticket.rejection is not None:
             raise _ERROR_FOR_REASON[ticket.rejection.reason](ticket.rejection)

@@ -119,3 +119,30 @@ def test_a_chunked_request_takes_the_flask_path_and_gets_early_headers_too(servi
     assert response.status_code == 200
     assert response.headers["X-Early-Headers"] == "1"
     assert response.content.startswith(b" ") and response.json()["done"] is True
+
+
+def test_a_queued_request_learns_its_queue_position_with_the_early_headers(service, emulator):
+    service.set_limits(LIMITS.replace("max_wait_seconds = 2.5", "max_wait_seconds = 20"))
+    slow(emulator, 2.5)
+    body = {"model": MODEL, "prompt": "hi", "stream": False}
+    holder = threading.Thread(
+        target=requests.post, args=(service.proxy + "/api/generate",), daemon=True,
+        kwargs={"json": body, "timeout": 30},
+    )  # fmt: skip
+    holder.start()
+    service.wait_for(lambda: service.model_counters(MODEL)["in_flight"] == 1)
+    ahead = threading.Thread(
+        target=requests.post, args=(service.proxy + "/api/generate",), daemon=True,
+        kwargs={"json": body, "timeout": 30, "headers": {"X-LLM-Priority": "interactive"}},
+    )  # fmt: skip
+    ahead.start()
+    service.wait_for(lambda: service.model_counters(MODEL)["queued"] == 1)
+    with requests.post(
+        service.proxy + "/api/generate", json=body, stream=True, timeout=30,
+        headers={"X-LLM-Priority": "batch"},
+    ) as response:  # fmt: skip
+        assert response.headers["X-Early-Headers"] == "1"
+        assert response.headers["X-Queue-Position"] == "1"  # the interactive one goes first
+        assert json.loads(response.raw.read())["done"] is True
+    holder.join(30)
+    ahead.join(30)

@@ -108,6 +108,20 @@ def test_a_swap_waits_until_the_loaded_model_has_no_work():
     assert limiter.scheduler.snapshot()["swaps"] == 1
 
 
+def test_the_hold_yields_at_once_to_an_interactive_request_for_another_model():
+    limiter, clock, events = make()
+    a1 = slot_of(limiter.submit(A))
+    limiter.submit(A)  # A has work queued: a standard request for B is held
+    held = limiter.submit(B)
+    assert held.slot is None
+    # A person waiting: the hold that keeps A loaded gives way now, not when A drains.
+    asked = limiter.submit(B, priority="interactive", caller="dashboard")
+    assert asked.slot is not None and asked.slot.swap
+    assert events.swaps == [(B, (A,))]
+    asked.slot.release()
+    a1.release()
+
+
 def test_fifo_admits_every_model_at_once_and_never_holds():
     limiter, _, events = make("fifo")
     assert limiter.submit(A).slot is not None
