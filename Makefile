@@ -80,6 +80,7 @@ browser:
 bench: venv
 	$(PY) -m bench.proxy_bench
 	$(PY) -m bench.swap_bench
+	$(PY) -m bench.priority_bench
 
 # Reliability evidence (docs/reliability.md); too long for `make test`, which runs a smoke of
 # each (tests/reliability). Summaries, CSV and plot go to bench/results/. Extra flags:

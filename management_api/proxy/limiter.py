@@ -506,7 +506,8 @@ class Limiter:
             elif (
                 len(state.queue) + state.followers >= state.limits.max_queue or self._full_locked()
             ):
-                victim = state.queue.shed_candidate(priority) if state.queue else None
+                sheds = state.queue and state.limits.queue_order != "fifo"
+                victim = state.queue.shed_candidate(priority) if sheds else None
                 if victim is None:
                     self._reject_locked(ticket, QUEUE_FULL, now, events)
                 else:
@@ -673,7 +674,8 @@ class Limiter:
             for state in self._waiting:
                 if state.pauses or state.in_flight >= state.limits.max_concurrency:
                     continue
-                chosen = state.queue.next(now, state.limits.aging_seconds)
+                fifo = state.limits.queue_order == "fifo"
+                chosen = state.queue.next(now, state.limits.aging_seconds, fifo)
                 if chosen is None:
                     continue
                 head, aged = chosen
@@ -682,7 +684,8 @@ class Limiter:
                 held = self._scheduler.active and head.priority != INTERACTIVE
                 if held and not self._may_run_locked(state, now):
                     continue
-                order = (0 if aged else 1, -RANK[head.priority], head.seq)
+                rank = 0 if fifo else -RANK[head.priority]
+                order = (0 if aged else 1, rank, head.seq)
                 if best_key is None or order < best_key:
                     best, best_key = head, order
             if best is None:

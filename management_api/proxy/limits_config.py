@@ -59,6 +59,9 @@ class ModelLimits:
     aging_seconds: float = 120.0
     # The class of a request nothing else classes (header, service_tier, task, key).
     priority: str = "standard"
+    # "priority": aging, class, fair share, FIFO per caller (wait_queue.py); "fifo": arrival
+    # order alone, as Ollama itself serves (no shedding either).
+    queue_order: str = "priority"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,6 +158,7 @@ _SECONDS_FORM = "a positive finite number of seconds"
 _OPTIONAL_SECONDS_FORM = "a finite number of seconds >= 0 (0 = off)"
 _ZERO_ALLOWED = frozenset({"early_headers_after_seconds", "aging_seconds"})
 _GLOBAL_FORM = "an integer >= 0 (0 = no global cap)"
+QUEUE_ORDERS = ("priority", "fifo")
 _PRIORITY_FORM = " or ".join(f'"{c}"' for c in PRIORITY_CLASSES)
 _POLICY_FORM = " or ".join(f'"{policy}"' for policy in SCHEDULER_POLICIES)
 _MAX_LOADED_FORM = "an integer >= 0 (0 = from OLLAMA_MAX_LOADED_MODELS and memory)"
@@ -212,6 +216,11 @@ def _limit_overrides(table: Mapping[str, Any], source: str, path: str) -> dict[s
             value = table[key]
             if value not in PRIORITY_CLASSES:
                 raise _fail(source, key_path, f"got {_shown(value)}", _PRIORITY_FORM)
+            values[key] = value
+        elif key == "queue_order":
+            value = table[key]
+            if value not in QUEUE_ORDERS:
+                raise _fail(source, key_path, f"got {_shown(value)}", '"priority" or "fifo"')
             values[key] = value
         elif key in _INT_FORMS:
             form, minimum = _INT_FORMS[key]

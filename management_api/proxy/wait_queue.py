@@ -94,11 +94,16 @@ class WaitQueue:
                     best = head
         return best
 
-    def next(self, now: float, aging_seconds: float) -> tuple[Waiter, bool] | None:
-        """Who gets the next free slot, and whether it is served out of turn by aging."""
+    def next(
+        self, now: float, aging_seconds: float, fifo: bool = False
+    ) -> tuple[Waiter, bool] | None:
+        """Who gets the next free slot, and whether it is served out of turn by aging.
+        ``fifo``: arrival order alone (the limits file's ``queue_order = "fifo"``)."""
         oldest = self.oldest()
         if oldest is None:
             return None
+        if fifo:
+            return oldest, False
         if aging_seconds > 0 and now - oldest.arrived_at >= aging_seconds:
             return oldest, True
         for priority in CLASSES:

@@ -282,3 +282,12 @@ def test_a_bad_key_option_stops_start_up_naming_the_entry(option):
     with pytest.raises(SettingsError) as refused:
         parse_entries([f"rag:a-third-long-random-string-here:user:{option}"], "LLM_API_KEYS")
     assert "LLM_API_KEYS entry 1 (rag)" in str(refused.value)
+
+
+def test_fifo_order_ignores_classes_and_callers_and_sheds_nobody():
+    limiter = make(max_queue=3, queue_order='"fifo"')
+    running = limiter.submit(MODEL, priority="batch", caller="n8n")
+    batch = [limiter.submit(MODEL, priority="batch", caller="n8n") for _ in range(3)]
+    with pytest.raises(QueueFull):
+        limiter.submit(MODEL, priority="interactive", caller="dashboard")
+    assert serve(limiter, [running, *batch]) == batch
