@@ -169,7 +169,7 @@ class Metrics:
         model_key = record.get("model_key")
         if model_key and isinstance(record.get("eval_count"), int):
             self.tokens.labels(self.model_label(model_key)).inc(record["eval_count"])
-        if record.get("model") is not None:
+        if record.get("model") is not None and record.get("path") in INFERENCE_ROUTES:
             usage = line_usage(record)
             caller = self.caller_label(record)
             model = self.model_label(model_key or str(record["model"]))

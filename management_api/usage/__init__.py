@@ -4,6 +4,6 @@
 (one entry per distinct bucket) that one background thread writes in batches; `store` is the
 SQLite table of hourly buckets with pruning. Reads (`/api/usage`, the status page) merge the
 table with what is not yet written, so an answer is exact at any moment. May import the core
-modules (settings, names) only; imported by
+modules and `proxy/`'s route table (which requests are inference); imported by
 metrics, the wiring (services), `routes/` and `status/`.
 """

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from management_api.proxy.inference import INFERENCE_ROUTES
 from management_api.usage.store import FIELDS, HOUR, Key, Sums, UsageStore, hour_of, zero
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,8 @@ class UsageRecorder:
     # --- the request path
 
     def on_request_done(self, line: Mapping[str, Any]) -> None:
-        if line.get("model") is None:  # not an inference request (tags, version, …)
-            return
+        if line.get("path") not in INFERENCE_ROUTES or line.get("model") is None:
+            return  # not an inference request (tags, show, version, …)
         key = self.key_of(line)
         sums = line_usage(line)
         with self._lock:

@@ -24,7 +24,8 @@ class Clock:
 
 def line(caller: str = "n8n", model: str = "llama3.2:latest", **extra: object) -> dict:
     base = {
-        "caller": caller, "key": None, "model": model, "model_key": model, "status": 200,
+        "path": "/api/generate", "caller": caller, "key": None, "model": model,
+        "model_key": model, "status": 200,
         "outcome": "completed", "queue_wait_ms": 250.0, "prompt_tokens": 10, "eval_count": 5,
         "gpu_ms": 1500.0,
     }  # fmt: skip
@@ -61,8 +62,9 @@ def test_lines_of_one_hour_share_a_bucket_and_the_next_hour_starts_another(
         (hour_of(T0), 2),
         (hour_of(T0) + HOUR, 1),
     ]
-    # Lines without a model (tags, version) are not usage.
+    # Lines without a model (tags, version) or of other routes (show) are not usage.
     usage.on_request_done(line(model=None, model_key=None))
+    usage.on_request_done(line(path="/api/show"))
     assert sum(v[0] for v in usage.buckets(T0 - HOUR, clock.now + 1).values()) == 3
 
 
