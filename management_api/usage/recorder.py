@@ -81,6 +81,16 @@ def line_usage(line: Mapping[str, Any]) -> Sums:
     return sums
 
 
+def outcome_of(line: Mapping[str, Any]) -> str:
+    """The access log's ``outcome``, except that an answer Ollama completed with an error status
+    (a 404 for a missing model, a 500) counts as ``http_<status>``: it is not a success."""
+    outcome = str(line.get("outcome") or "unknown")
+    status = line.get("status")
+    if outcome == "completed" and isinstance(status, int) and status >= 400:
+        return f"http_{status}"
+    return outcome
+
+
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
@@ -133,7 +143,7 @@ class UsageRecorder:
             model,
             str(line.get("task") or NO_TASK),
             str(line.get("priority") or DEFAULT_CLASS),
-            str(line.get("outcome") or "unknown"),
+            outcome_of(line),
         )
 
     # --- the writer

@@ -99,10 +99,12 @@ def test_a_flush_adds_to_rows_already_written(tmp_path: Path) -> None:
     usage = recorder(tmp_path, clock)
     usage.on_request_done(line())
     usage.flush()
-    usage.on_request_done(line(outcome="error", status=500))
+    usage.on_request_done(line(status=404))  # Ollama answered, with an error status
+    usage.on_request_done(line(outcome="upstream_error", status=502))
     usage.flush()
     (row,) = usage.report(T0 - 1, T0 + 1, ["model"])
-    assert row["requests"] == 2 and row["outcomes"] == {"completed": 1, "error": 1}
+    assert row["requests"] == 3
+    assert row["outcomes"] == {"completed": 1, "http_404": 1, "upstream_error": 1}
 
 
 def test_a_failed_write_keeps_the_batch_for_the_next_flush(tmp_path: Path) -> None:
