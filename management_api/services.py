@@ -35,6 +35,7 @@ from management_api.tasks.breaker import BreakerBoard
 from management_api.tasks.orchestrator import Orchestrator
 from management_api.tasks.reloader import TasksReloader
 from management_api.telemetry import Sampler, create_sampler, read_platform
+from management_api.usage.callers import RecentWaits, callers_table
 from management_api.usage.recorder import UsageRecorder
 from management_api.usage.store import UsageStore
 
@@ -130,6 +131,7 @@ class Services:
             retention_days=settings.usage_retention_days,
             flush_seconds=settings.usage_flush_seconds,
         )
+        waits = RecentWaits()  # queue-wait p95 per caller and class for the Callers table
         gateway = Gateway(
             ollama_url=settings.ollama_url,
             limiter=limiter,
@@ -137,7 +139,7 @@ class Services:
             pool_size=settings.worker_threads,
             connect_timeout=settings.upstream_connect_timeout,
             grace_seconds=settings.upstream_grace_seconds,
-            observer=_Observers(metrics, usage),  # every access-log line: metrics and usage
+            observer=_Observers(metrics, usage, waits),  # each access-log line: metrics, usage
         )
         cache = None
         if settings.cache_max_mb > 0:
@@ -254,6 +256,7 @@ class Services:
             healing_log=healer.log,
             rejections=rejections,
             service_info=services.status_info,
+            callers=lambda: callers_table(usage, waits),
         )
         # First: it stops last, after everything that finishes requests, and flushes then.
         services.on_start(usage.start, usage.stop)
