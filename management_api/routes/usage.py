@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from flask import Blueprint, current_app, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from management_api.errors import BadRequest, ServiceUnavailable
+from management_api.errors import BadRequest
 from management_api.usage.query import QueryError, parse_query
 from management_api.usage.recorder import totals
 
@@ -21,13 +21,11 @@ def _iso(epoch: float) -> str:
 
 @bp.get("/api/usage")
 def usage() -> ResponseReturnValue:
-    recorder = current_app.extensions["llm_service"].usage
-    if recorder is None:
-        raise ServiceUnavailable("usage accounting is not running")
+    recorder = current_app.extensions["llm_service"].usage  # built with the services, always
     try:
         query = parse_query(request.args.to_dict(), time.time())
     except QueryError as exc:
-        raise BadRequest(str(exc), param=exc.parameter) from None
+        raise BadRequest(str(exc), field=exc.parameter) from None
     rows = recorder.report(query.since, query.until, query.group_by)
     for row in rows:
         if "hour" in row:

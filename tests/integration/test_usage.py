@@ -197,7 +197,7 @@ def test_bad_parameters_are_refused_naming_them(emulator, folder, tmp_path):
             response = requests.get(process.management_url + "/api/usage", params=params,
                                     timeout=5)  # fmt: skip
             assert response.status_code == 400, response.text
-            assert name in response.json()["error"]
+            assert name in response.json()["error"] and response.json()["field"] == name
         window = _usage(process.management_url, since="2026-01-01T00:00:00Z", until="1767312000")
         assert (window["since"], window["until"]) == (
             "2026-01-01T00:00:00+00:00",
