@@ -26,6 +26,7 @@ def _line(**fields):
     line = {
         "caller": "n8n",
         "key": None,
+        "path": "/api/generate",
         "model": "llama3:8b",
         "model_key": "llama3:8b",
         "status": 200,
@@ -244,3 +245,34 @@ def test_recording_is_cheap():
     per_line = (time.perf_counter() - started) / len(lines)
     print(f"usage: {per_line * 1e6:.2f} µs per recorded line")
     assert per_line < 50e-6
+
+
+def test_callers_table_windows_and_wait_p95(tmp_path):
+    from management_api.usage.callers import RecentWaits, callers_table
+
+    clock = Clock()
+    rec = _recorder(tmp_path, clock)
+    waits = RecentWaits(clock=clock)
+    path = {"path": "/api/generate"}
+    clock.now = T0 - 5 * HOUR  # an earlier hour of the day: counted in "day" only
+    for observer in (rec, waits):
+        observer.on_request_done({**_line(caller="a"), **path})
+    clock.now = T0
+    for wait_ms in range(1, 21):  # 20 waits of 1..20 ms: nearest-rank p95 is 19 ms
+        for observer in (rec, waits):
+            observer.on_request_done({**_line(caller="a", queue_wait_ms=wait_ms), **path})
+    for observer in (rec, waits):
+        observer.on_request_done({**_line(caller="b", priority="batch", queue_wait_ms=500), **path})
+    table = callers_table(rec, waits, now=T0)
+    rows = {row["caller"]: row for row in table["rows"]}
+    assert [row["caller"] for row in table["rows"]] == ["a", "b"]
+    assert (rows["a"]["hour"]["requests"], rows["a"]["day"]["requests"]) == (20, 21)
+    assert rows["a"]["day"]["tokens"] == 21 * 30
+    assert rows["a"]["hour"]["gpu_seconds"] == pytest.approx(16.0)
+    assert rows["a"]["hour"]["wait_p95_seconds"] == {
+        "interactive": None,
+        "standard": 0.019,
+        "batch": None,
+    }
+    assert rows["a"]["day"]["wait_p95_seconds"]["standard"] == 0.02  # 20th of 21: 0.25 s is 21st
+    assert rows["b"]["hour"]["wait_p95_seconds"]["batch"] == 0.5
