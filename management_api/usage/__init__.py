@@ -5,5 +5,5 @@
 SQLite table of hourly buckets with pruning. Reads (`/api/usage`, the status page) merge the
 table with what is not yet written, so an answer is exact at any moment. May import the core
 modules and `proxy/`'s route table (which requests are inference); imported by
-metrics, the wiring (services), `routes/` and `status/`.
+metrics, the wiring (services) and `routes/`.
 """
