@@ -26,6 +26,7 @@ from management_api.routes import (
     stats,
     status,
     tasks,
+    usage,
 )
 from management_api.routes.fast_path import InferenceFastPath
 from management_api.services import Services
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.register_blueprint(status.bp)
     app.register_blueprint(hermes_api.bp)
     app.register_blueprint(tasks.bp)
+    app.register_blueprint(usage.bp)
     jobs.init_app(app, keyring)
     app.register_blueprint(openai_batches.bp)
     app.register_blueprint(docs.bp)

@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from management_api import names
 from management_api.proxy.inference import INFERENCE_ROUTES, MUTATION_ROUTES
 from management_api.proxy.limiter import WAIT_BUCKETS
+from management_api.usage.recorder import CallerLabels, line_usage
 
 PREFIX = "llm_service"
 KNOWN_ROUTES = frozenset(INFERENCE_ROUTES) | MUTATION_ROUTES | {
@@ -28,6 +29,7 @@ KNOWN_ROUTES = frozenset(INFERENCE_ROUTES) | MUTATION_ROUTES | {
 OTHER_MODEL = "other"
 KnownModels = Callable[[], Container[str]]
 BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+MAX_HEADER_CALLERS = 32
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 
@@ -88,6 +90,19 @@ class Metrics:
         self.tokens = Counter(
             f"{PREFIX}_generated_tokens", "Tokens generated (eval_count of final lines)",
             ["model"], registry=self.registry,
+        )  # fmt: skip
+
+        # Per caller: a key's name, ``anonymous`` and the first 32 X-LLM-Caller names; the rest
+        # count as ``other`` (usage/recorder.py CallerLabels).
+        self.caller_label = CallerLabels(MAX_HEADER_CALLERS)
+        self.caller_tokens = Counter(
+            f"{PREFIX}_tokens", "Tokens by caller, model and kind (prompt or completion)",
+            ["caller", "model", "kind"], registry=self.registry,
+        )  # fmt: skip
+        self.caller_gpu = Counter(
+            f"{PREFIX}_gpu_seconds", "GPU time by caller and model (Ollama's prompt evaluation + "
+            "generation; on OpenAI routes the time the slot was held)",
+            ["caller", "model"], registry=self.registry,
         )  # fmt: skip
 
         # /v1/infer (tasks/orchestrator.py's TaskObserver); labels come from the tasks file.
@@ -154,6 +169,16 @@ class Metrics:
         model_key = record.get("model_key")
         if model_key and isinstance(record.get("eval_count"), int):
             self.tokens.labels(self.model_label(model_key)).inc(record["eval_count"])
+        if record.get("model") is not None and record.get("path") in INFERENCE_ROUTES:
+            usage = line_usage(record)
+            caller = self.caller_label(record)
+            model = self.model_label(model_key or str(record["model"]))
+            if usage[1]:
+                self.caller_tokens.labels(caller, model, "prompt").inc(usage[1])
+            if usage[2]:
+                self.caller_tokens.labels(caller, model, "completion").inc(usage[2])
+            if usage[3]:
+                self.caller_gpu.labels(caller, model).inc(usage[3])
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -35,11 +35,15 @@ from management_api.tasks.breaker import BreakerBoard
 from management_api.tasks.orchestrator import Orchestrator
 from management_api.tasks.reloader import TasksReloader
 from management_api.telemetry import Sampler, create_sampler, read_platform
+from management_api.usage.callers import RecentWaits, callers_table
+from management_api.usage.recorder import UsageRecorder
+from management_api.usage.store import UsageStore
 
 log = logging.getLogger(__name__)
 
 # How old the probe behind `llm_service_ollama_up` may be: scrapes stay off Ollama's back.
 OLLAMA_UP_MAX_AGE_SECONDS = 5.0
+USAGE_FILE = "usage.sqlite3"  # in LLM_STATE_DIR, beside the jobs database
 
 
 class _Observers:
@@ -78,6 +82,7 @@ class Services:
     orchestrator: Orchestrator
     jobs: JobManager
     batches: Batches
+    usage: UsageRecorder | None = None
     cache: ResponseCache | None = None  # None when LLM_CACHE_MAX_MB is 0
     rejections: RecentRejections = field(default_factory=RecentRejections)
     status: StatusBuilder | None = None
@@ -120,6 +125,13 @@ class Services:
             interval_seconds=settings.limits_reload_seconds,
         )
         reloader.load_initial()  # a broken file at start-up stops the service
+        usage = UsageRecorder(
+            UsageStore(settings.state_dir / USAGE_FILE),
+            model_label=metrics.model_label,
+            retention_days=settings.usage_retention_days,
+            flush_seconds=settings.usage_flush_seconds,
+        )
+        waits = RecentWaits()  # queue-wait p95 per caller and class for the Callers table
         gateway = Gateway(
             ollama_url=settings.ollama_url,
             limiter=limiter,
@@ -127,7 +139,7 @@ class Services:
             pool_size=settings.worker_threads,
             connect_timeout=settings.upstream_connect_timeout,
             grace_seconds=settings.upstream_grace_seconds,
-            observer=metrics,
+            observer=_Observers(metrics, usage, waits),  # each access-log line: metrics, usage
         )
         cache = None
         if settings.cache_max_mb > 0:
@@ -231,6 +243,7 @@ class Services:
             jobs=jobs,
             batches=Batches(jobs),
             cache=cache,
+            usage=usage,
             rejections=rejections,
             started_at=started_at,
         )
@@ -243,7 +256,10 @@ class Services:
             healing_log=healer.log,
             rejections=rejections,
             service_info=services.status_info,
+            callers=lambda: callers_table(usage, waits),
         )
+        # First: it stops last, after everything that finishes requests, and flushes then.
+        services.on_start(usage.start, usage.stop)
         services.on_start(reloader.start, reloader.stop)
         services.on_start(sampler.start, sampler.stop)
         services.on_start(pulls.start, pulls.stop)

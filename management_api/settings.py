@@ -292,7 +292,11 @@ SETTINGS: tuple[Setting, ...] = (
             "whether API keys share cache entries (off: a hit never tells one key what another "
             "asked)"),
     Setting("state_dir", "LLM_STATE_DIR", None, path_value,
-            "durable state (the jobs database); default: the folder `state` beside LLM_LOG_DIR"),
+            "durable state (jobs and usage databases); default: `state` beside LLM_LOG_DIR"),
+    Setting("usage_retention_days", "LLM_USAGE_RETENTION_DAYS", 90, positive_number,
+            "how long hourly usage buckets are kept (usage.sqlite3 in LLM_STATE_DIR), days"),
+    Setting("usage_flush_seconds", "LLM_USAGE_FLUSH_SECONDS", 2, positive_seconds,
+            "how often counted usage is written to SQLite, seconds (and at stop)"),
     Setting("jobs_workers", "LLM_JOBS_WORKERS", 4, positive_int,
             "threads that run jobs (POST /api/jobs): at most this many jobs run at once"),
     Setting("jobs_max_concurrent", "LLM_JOBS_MAX_CONCURRENT", 2, positive_int,
@@ -364,6 +368,8 @@ class Settings:
     cache_shared_across_keys: bool
     supervisor_socket: Path
     state_dir: Path
+    usage_retention_days: float
+    usage_flush_seconds: float
     jobs_workers: int
     jobs_max_concurrent: int
     jobs_max_queued: int

@@ -56,6 +56,8 @@ _MUTATION_EXACT = {
     ("POST", "/api/copy"),
     ("DELETE", "/api/delete"),
 }
+# Reads that tell one caller what the others do: an admin key whenever keys are on.
+ADMIN_READS = frozenset({("GET", "/api/usage")})
 _MUTATION_PREFIXES = (("DELETE", "/api/models/pulls/"), ("POST", "/api/blobs/"))
 PUBLIC_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/ui"})
 # The status page's files carry no data (the page reads /api/status with the user's key), and a
@@ -219,15 +221,16 @@ class KeyRing:
         key = self.identify(secret)
         if method == "OPTIONS" or is_public(path) or self.mode == OFF:
             return Decision(True, key)
-        mutation = is_mutation(method, path)
-        if self.mode == MANAGEMENT and not mutation:
+        admin_only = is_mutation(method, path) or (method, path) in ADMIN_READS
+        if self.mode == MANAGEMENT and not admin_only:
             return Decision(True, key)
         if key is None:
             message = "an API key is required" if not secret else "the API key is not valid"
             return Decision(False, None, 401, message)
-        if mutation and key.role != ADMIN:
-            return Decision(False, key, 403, f"the key '{key.name}' may not change models or "
-                                              "settings (admin role required)")  # fmt: skip
+        if admin_only and key.role != ADMIN:
+            what = "read usage" if (method, path) in ADMIN_READS else "change models or settings"
+            return Decision(False, key, 403, f"the key '{key.name}' may not {what} "
+                                              "(admin role required)")  # fmt: skip
         return Decision(True, key)
 
     def may_unload_all(self, key_name: str | None) -> bool:

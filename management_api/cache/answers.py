@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from management_api.cache.policy import JSON, NDJSON, SSE, SSE_USAGE
+from management_api.proxy.answer_usage import answer_usage
 
 NATIVE_JSON_TYPE = "application/json; charset=utf-8"
 NDJSON_TYPE = "application/x-ndjson"
@@ -161,6 +162,21 @@ def _restamp(kind: str, body: bytes) -> bytes:
 
 def _dump(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def answer_tokens(answer: Answer) -> int:
+    """Prompt plus completion tokens of the answer as Ollama reported them (0 when no shape it
+    was seen in carries counts): what replaying it saves."""
+    best = 0
+    for raw in answer.raws.values():
+        best = max(best, tokens_of(raw[-65536:]))
+    return best
+
+
+def tokens_of(body: bytes) -> int:
+    """Prompt plus completion tokens in the last JSON line of a body (0 when it says none)."""
+    usage = answer_usage(body)
+    return (usage.prompt_tokens or 0) + (usage.completion_tokens or 0)
 
 
 def render(answer: Answer, shape: str) -> tuple[str, list[bytes]] | None:

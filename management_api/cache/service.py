@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from management_api import errors, names
-from management_api.cache.answers import Answer, finish_reason, render
+from management_api.cache.answers import Answer, answer_tokens, finish_reason, render, tokens_of
 from management_api.cache.embeddings import EmbedItem, compose_answer, split_answer
 from management_api.cache.policy import (
     INFER_ROUTE,
@@ -429,7 +429,7 @@ class ResponseCache:
         rendered = render(entry.value, plan.shape)
         if rendered is None:
             return None
-        return self._served(plan, request, started, rendered, result)
+        return self._served(plan, request, started, rendered, result, answer_tokens(entry.value))
 
     def _served(
         self,
@@ -438,8 +438,13 @@ class ResponseCache:
         started: float,
         rendered: tuple[str, list[bytes]],
         result: str,
+        saved_tokens: int | None = None,
     ) -> ForwardedResponse:
+        """Answer from the cache; ``saved_tokens`` (the replayed answer's prompt + completion
+        tokens, for usage accounting) is read from the body when not given."""
         content_type, pieces = rendered
+        if saved_tokens is None:
+            saved_tokens = tokens_of(pieces[-1]) if pieces else 0
         headers = [("Content-Type", content_type)]
         if plan.shape == JSON:
             headers.append(("Content-Length", str(sum(map(len, pieces)))))
@@ -449,7 +454,8 @@ class ResponseCache:
         if self._log_served is not None:
             self._log_served(request, started=started, status=200,
                              outcome="cache_hit" if result == HIT else "coalesced",
-                             bytes_sent=sum(map(len, pieces)))  # fmt: skip
+                             bytes_sent=sum(map(len, pieces)),
+                             saved_tokens=saved_tokens)  # fmt: skip
         return ForwardedResponse(status=200, headers=headers, body=pieces)
 
     def _lead_or_follow(
@@ -482,7 +488,9 @@ class ResponseCache:
             if answer is not None:
                 rendered = render(answer, plan.shape)
                 if rendered is not None:
-                    return self._served(plan, request, started, rendered, COALESCED)
+                    return self._served(
+                        plan, request, started, rendered, COALESCED, answer_tokens(answer)
+                    )
             if answer is not None or self._clock() >= deadline:
                 return self._pass(plan, request, upstream, MISS, record=True)
             # The first request failed or was cancelled: look again, then lead or wait anew.

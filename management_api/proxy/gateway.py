@@ -116,6 +116,7 @@ class ClientRequest:
     caller: str = "anonymous"  # who is calling (access/hooks.py caller_name)
     policy: CallerPolicy = DEFAULT_POLICY  # the key's priority default, ceiling and weight
     task_priority: str | None = None  # the class its task names (tasks.toml), for branches
+    task: str | None = None  # the /v1/infer task a branch runs for (usage is counted per task)
     cache: str | None = None  # what the response cache did (HIT, MISS, …), for the access log
     ticket: Ticket | None = None  # its queue place while it waits (early headers show it)
 
@@ -620,6 +621,8 @@ class Gateway:
         if record.slot is not None:
             line["model_key"] = record.slot.model  # normalised and admitted: a bounded label
             line["held_ms"] = round(record.slot.held_seconds * 1000, 2)
+        if record.request.task is not None:
+            line["task"] = record.request.task
         if record.request.cache is not None:
             line["cache"] = record.request.cache
         ttfb = extra.pop("ttfb", None)

@@ -79,7 +79,10 @@ def status() -> ResponseReturnValue:
         # What the API will decide for the page's actions (all of them need the admin role).
         "can_act": keyring.mode == OFF or (key is not None and key.role == ADMIN),
     }
-    body, etag = render(services.status.snapshot(), access)
+    shared = services.status.snapshot()
+    if not access["can_act"]:  # who uses the service is for admins, as on /api/usage
+        shared = {**shared, "callers": None}
+    body, etag = render(shared, access)
     return _conditional(body, etag, "application/json", {"Cache-Control": "no-cache"})
 
 

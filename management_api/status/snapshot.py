@@ -95,6 +95,7 @@ class StatusBuilder:
         healing_log: HealingLog,
         rejections: RecentRejections,
         service_info: Callable[[], dict[str, Any]],
+        callers: Callable[[], dict[str, Any]] | None = None,
         min_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -106,6 +107,7 @@ class StatusBuilder:
         self.healing_log = healing_log
         self.rejections = rejections
         self.service_info = service_info
+        self.callers = callers  # the Callers table (usage/callers.py), shown to admins only
         self.min_interval = min_interval
         self._clock = clock
         self._lock = threading.Lock()
@@ -153,6 +155,7 @@ class StatusBuilder:
             "telemetry": self._telemetry(stats),
             "healing": self.healing_log.recent(),
             "recent_errors": self._log_errors(health),
+            "callers": self.callers() if self.callers is not None else None,
         }
 
     # --- models

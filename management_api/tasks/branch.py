@@ -154,13 +154,14 @@ def run_branch(
     caller: str = "anonymous",
     policy: CallerPolicy = DEFAULT_POLICY,
     task_priority: str | None = None,
+    task: str | None = None,
     on_event: Callable[[Branch, str], None],
 ) -> None:
     """Run on a pool thread: admit, stream the answer, release, then report "done"."""
     try:
         _run(
             branch, gateway, request_id, watch, remote_addr, key_name, caller, policy,
-            task_priority, on_event,
+            task_priority, task, on_event,
         )  # fmt: skip
     except Exception as exc:  # a bug must not leave the orchestrator waiting
         branch.status, branch.error = ERROR, f"internal error ({type(exc).__name__})"
@@ -203,6 +204,7 @@ def _run(
     caller: str,
     policy: CallerPolicy,
     task_priority: str | None,
+    task: str | None,
     on_event: Callable[[Branch, str], None],
 ) -> None:
     parts = body_parts(branch)
@@ -222,6 +224,7 @@ def _run(
         caller=caller,
         policy=policy,
         task_priority=task_priority,
+        task=task,
     )
     try:
         admission = gateway.admit(request)

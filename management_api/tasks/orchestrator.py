@@ -371,6 +371,7 @@ class Orchestrator:
             caller=call.caller,
             policy=call.policy,
             task_priority=call.task.priority,
+            task=call.task.name,
             on_event=on_event,
         )
         return branch

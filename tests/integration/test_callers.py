@@ -125,7 +125,7 @@ def test_task_branches_carry_the_caller(open_service):
         timeout=60,
     )
     assert response.status_code == 200, response.text
-    lines = _wait_for_lines(open_service, "task-named", count=2)
+    lines = _wait_for_lines(open_service, "task-named", count=3)
     assert {line["caller"] for line in lines} == {"rag-indexer"}
     assert {line.get("path") for line in lines} >= {"/api/generate", "/v1/infer"}
     assert any(line.get("kind") == "branch" for line in lines)

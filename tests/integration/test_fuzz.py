@@ -122,6 +122,7 @@ SWEEP_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("POST", "/api/session/reset", {}),
     ("POST", "/api/session/reset", {"body": {"hard": True}}),
     ("GET", "/api/limits", {}),
+    ("GET", "/api/usage", {"query": {"group_by": "caller,model", "since": "0"}}),
     ("POST", "/api/limits/reload", {}),
     ("GET", "/api/cache", {}),
     ("DELETE", "/api/cache", {}),

@@ -32,6 +32,7 @@ WAIT_SECONDS = 20
 MODEL = "llama3.2:1b"
 ADMIN_KEY = "admin-key-0123456789abcdef"
 USER_KEY = "user-key-0123456789abcdef"
+NONE = "\u2013"  # the page's en dash: no value
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM and CHROMEDRIVER),
@@ -194,6 +195,35 @@ def test_counters_follow_requests_held_in_a_queue(service, emulator, browser):
     assert console_errors(browser) == []
 
 
+def test_callers_table_shows_usage_per_caller(service, browser):
+    """Requests of two named callers appear in the Callers table with the numbers /api/usage
+    gives (this hour and the last 24 h)."""
+    for caller, count in (("page-dash", 2), ("page-n8n", 1)):
+        for _ in range(count):
+            answer = requests.post(service.proxy + "/api/generate",
+                                   json={"model": MODEL, "prompt": "hi", "stream": False},
+                                   headers={"X-LLM-Caller": caller}, timeout=30)  # fmt: skip
+            assert answer.status_code == 200
+    usage = requests.get(service.management + "/api/usage", timeout=5).json()
+    rows = {row["caller"]: row for row in usage["groups"]}
+    open_page(browser, service.management)
+    for caller in ("page-dash", "page-n8n"):
+        want = rows[caller]
+        tokens = str(want["prompt_tokens"] + want["completion_tokens"])
+        for window in ("hour", "day"):
+            row = f'#callers-body tr[data-caller="{caller}"][data-window="{window}"]'
+            requests_cell, count = row + ' td[data-label="Requests"]', str(want["requests"])
+            wait(browser, lambda d, c=requests_cell, n=count: text_of(d, c) == n,
+                 message=f"no {window} row for {caller}")  # fmt: skip
+            assert text_of(browser, row + ' td[data-label="Tokens"]') == tokens
+            gpu = f"{want['gpu_seconds']:.1f}"
+            assert text_of(browser, row + ' td[data-label="GPU s"]') == gpu
+            assert text_of(browser, row + ' td[data-label="Wait p95 standard"]') != NONE
+            assert text_of(browser, row + ' td[data-label="Wait p95 batch"]') == NONE
+    assert browser.find_element(By.ID, "callers-section").is_displayed()
+    assert console_errors(browser) == []
+
+
 def test_a_pull_started_from_the_page_reaches_100_percent(service, emulator, browser):
     emulator.configure(pull_bytes_per_second=25_000_000)  # all-minilm (46 MB) takes ~2 s
     open_page(browser, service.management)
@@ -309,6 +339,8 @@ def test_with_keys_the_page_asks_for_one_and_shows_refusals(keyed_service, brows
     browser.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
     wait(browser, lambda d: text_of(d, "#verdict-word") in ("healthy", "degraded", "unhealthy"))
     assert 'key "app" (user)' in text_of(browser, "#access")
+    # Who uses the service is for admins (as /api/usage): a user key gets no Callers table.
+    assert not browser.find_element(By.ID, "callers-section").is_displayed()
     assert "actions need an admin key" in text_of(browser, "#access")
     # A user key may read but not act: the API's refusal is shown, in its own words.
     browser.find_element(By.CSS_SELECTOR, '[data-action="cache-clear"]').click()

@@ -111,7 +111,7 @@ def test_every_package_says_what_it_is_and_may_import(package: str) -> None:
 
 def test_package_graph_has_no_cycle() -> None:
     graph = _graph()
-    assert {"proxy", "access", "models", "health", "routes"} <= graph.keys()
+    assert {"proxy", "access", "models", "health", "routes", "usage"} <= graph.keys()
     cycle = _find_cycle(graph)
     assert cycle is None, "import cycle between parts: " + " -> ".join(cycle or [])
 

@@ -109,7 +109,7 @@ def test_a_swap_waits_until_the_loaded_model_has_no_work():
 
 
 def test_the_hold_yields_at_once_to_an_interactive_request_for_another_model():
-    limiter, clock, events = make()
+    limiter, _clock, events = make()
     a1 = slot_of(limiter.submit(A))
     limiter.submit(A)  # A has work queued: a standard request for B is held
     held = limiter.submit(B)

@@ -30,6 +30,7 @@ def test_defaults():
     assert s.pull_retries == 3 and s.pull_stall_seconds == 60 and s.pull_min_free_gb == 2
     assert s.models_dir == Path.home() / ".ollama" / "models"
     assert s.state_dir == PROJECT_ROOT / "state"  # beside the log directory
+    assert (s.usage_retention_days, s.usage_flush_seconds) == (90, 2)
     assert (s.jobs_workers, s.jobs_max_concurrent, s.jobs_max_queued) == (4, 2, 10000)
     assert (s.jobs_max_attempts, s.jobs_ttl_seconds) == (3, 86400)
     assert (s.jobs_max_stored, s.jobs_max_stored_mb, s.jobs_max_result_mb) == (10000, 256, 16)
@@ -79,6 +80,8 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
         "LLM_CACHE_SHARED_ACROSS_KEYS": "true",
         "LLM_SUPERVISOR_SOCKET": str(tmp_path / "supervisor.sock"),
         "LLM_STATE_DIR": str(tmp_path / "state"),
+        "LLM_USAGE_RETENTION_DAYS": "30",
+        "LLM_USAGE_FLUSH_SECONDS": "0.5",
         "LLM_JOBS_WORKERS": "8",
         "LLM_JOBS_MAX_CONCURRENT": "3",
         "LLM_JOBS_MAX_QUEUED": "50",
@@ -123,6 +126,7 @@ def test_every_variable_is_read_from_the_environment(tmp_path):
     assert (s.cache_max_mb, s.cache_ttl_seconds) == (128.5, 60)
     assert s.cache_shared_across_keys is True
     assert s.state_dir == tmp_path / "state"
+    assert (s.usage_retention_days, s.usage_flush_seconds) == (30, 0.5)
     assert (s.jobs_workers, s.jobs_max_concurrent, s.jobs_max_queued) == (8, 3, 50)
     assert (s.jobs_max_attempts, s.jobs_ttl_seconds, s.jobs_max_stored) == (5, 3600, 100)
     assert (s.jobs_max_stored_mb, s.jobs_max_result_mb) == (1.5, 0.5)

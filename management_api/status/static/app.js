@@ -169,6 +169,7 @@ function render(s) {
   if (!performance.getEntriesByName("first-status").length) performance.mark("first-status");
   renderVerdict(s);
   renderModels(s);
+  renderCallers(s.callers);
   renderPulls(s.pulls);
   renderHealing(s.healing);
   renderTelemetryNow(s.telemetry);
@@ -317,6 +318,31 @@ function renderPulls(pulls) {
   }
   list.replaceChildren(...pulls.map((job) => state.pulls.get(job.id).li));
   if (!pulls.length) list.replaceChildren(el("li", { class: "note", text: "no pulls" }));
+}
+
+// Usage per caller (admins only: others get null and the section stays hidden).
+function renderCallers(callers) {
+  $("callers-section").hidden = !callers;
+  if (!callers) return;
+  const windows = [["hour", "this hour"], ["day", "24 h"]];
+  const rows = [];
+  for (const c of callers.rows) {
+    windows.forEach(([w, label], i) => {
+      const u = c[w];
+      const cells = [];
+      if (i === 0) cells.push(el("th", { scope: "row", rowspan: 2, "data-label": "Caller", text: c.caller }));
+      cells.push(el("td", { "data-label": "Window", text: label }),
+        el("td", { "data-label": "Requests", text: String(u.requests) }),
+        el("td", { "data-label": "Tokens", text: String(u.tokens) }),
+        el("td", { "data-label": "GPU s", text: u.gpu_seconds.toFixed(1) }));
+      for (const k of callers.classes) {
+        cells.push(el("td", { "data-label": `Wait p95 ${k}`, text: seconds(u.wait_p95_seconds[k]) }));
+      }
+      rows.push(el("tr", { "data-caller": c.caller, "data-window": w }, ...cells));
+    });
+  }
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 8, class: "note", text: "no requests in the last 24 h" })));
+  $("callers-body").replaceChildren(...rows);
 }
 
 function renderHealing(entries) {
