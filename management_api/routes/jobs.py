@@ -225,8 +225,12 @@ class RequestPathExecutor:
             method="POST",
             data=payload,
             content_type="application/json",
-            # A job's caller is not waiting on the line: its request waits in the batch class.
-            headers={"X-Request-ID": run.request_id, PRIORITY_HEADER: BATCH},
+            # A job's caller is not waiting on the line: its request waits in the batch class,
+            # or in its key's default class when the keys file names one.
+            headers={
+                "X-Request-ID": run.request_id,
+                **({} if key is not None and key.policy.priority else {PRIORITY_HEADER: BATCH}),
+            },
             environ_base=environ,
         ):
             g.started = time.monotonic()

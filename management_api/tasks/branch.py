@@ -18,6 +18,7 @@ from typing import Any
 from management_api import errors
 from management_api.proxy.gateway import Admission, ClientRequest, Gateway
 from management_api.proxy.priority import DEFAULT_POLICY, CallerPolicy
+from management_api.proxy.priority import HEADER as PRIORITY_HEADER
 from management_api.proxy.transport import BodyParts, ClientGone, ClientWatch
 from management_api.tasks import breaker as breakers
 from management_api.tasks.jsonschema import validate
@@ -155,13 +156,14 @@ def run_branch(
     policy: CallerPolicy = DEFAULT_POLICY,
     task_priority: str | None = None,
     task: str | None = None,
+    asked_priority: str | None = None,
     on_event: Callable[[Branch, str], None],
 ) -> None:
     """Run on a pool thread: admit, stream the answer, release, then report "done"."""
     try:
         _run(
             branch, gateway, request_id, watch, remote_addr, key_name, caller, policy,
-            task_priority, task, on_event,
+            task_priority, task, asked_priority, on_event,
         )  # fmt: skip
     except Exception as exc:  # a bug must not leave the orchestrator waiting
         branch.status, branch.error = ERROR, f"internal error ({type(exc).__name__})"
@@ -205,6 +207,7 @@ def _run(
     policy: CallerPolicy,
     task_priority: str | None,
     task: str | None,
+    asked_priority: str | None,
     on_event: Callable[[Branch, str], None],
 ) -> None:
     parts = body_parts(branch)
@@ -212,7 +215,8 @@ def _run(
         method="POST",
         path="/api/generate",
         query="",
-        headers=[("Content-Type", "application/json")],
+        headers=[("Content-Type", "application/json")]
+        + ([(PRIORITY_HEADER, asked_priority)] if asked_priority else []),
         body=b"",
         streamed_body=parts,
         content_length=parts.length,

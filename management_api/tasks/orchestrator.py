@@ -79,6 +79,7 @@ class InferCall:
     key_name: str | None = None
     caller: str = "anonymous"
     policy: CallerPolicy = DEFAULT_POLICY  # the key's priority default, ceiling and weight
+    priority: str | None = None  # the request's X-LLM-Priority, which wins over the task's
     on_token: Callable[[str], None] | None = None  # stream: the winner's text as it comes
 
 
@@ -371,6 +372,7 @@ class Orchestrator:
             caller=call.caller,
             policy=call.policy,
             task_priority=call.task.priority,
+            asked_priority=call.priority,
             task=call.task.name,
             on_event=on_event,
         )

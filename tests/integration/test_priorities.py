@@ -166,6 +166,7 @@ def test_an_unknown_priority_header_is_refused_naming_it(service, value):
 
 DEFAULTED = "n8n-secret-0123456789abc"
 CAPPED = "capped-secret-0123456789"
+PERSON = "person-secret-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +175,8 @@ def keyed(emulator) -> Iterator[ServiceProcess]:
         "OLLAMA_URL": emulator.url,
         "LLM_AUTH_MODE": "management",
         "LLM_API_KEYS": (
-            f"n8n:{DEFAULTED}:user:priority=batch,capped:{CAPPED}:user:4:ceiling=standard:weight=2"
+            f"n8n:{DEFAULTED}:user:priority=batch,capped:{CAPPED}:user:4:ceiling=standard:weight=2,"
+            f"person:{PERSON}:user:priority=interactive"
         ),
     }
     with ServiceProcess(env=env) as process:
@@ -204,3 +206,71 @@ def test_a_keys_default_class_and_its_ceiling(keyed):
     # ...but never above its key's ceiling: it is served at the ceiling, not refused.
     assert _keyed_generate(keyed, CAPPED, "over-ceiling", "interactive")["priority"] == ("standard")
     assert _keyed_generate(keyed, CAPPED, "under-ceiling", "batch")["priority"] == "batch"
+
+
+def _wait_job(process: ServiceProcess, key: str, job_id: str) -> dict:
+    deadline = time.monotonic() + 20
+    while True:
+        job = requests.get(process.proxy_url + f"/api/jobs/{job_id}", timeout=5,
+                           headers={"Authorization": f"Bearer {key}"}).json()  # fmt: skip
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+
+
+def test_a_job_waits_as_batch_unless_its_key_names_a_class(keyed):
+    classes = {}
+    for key, name in ((CAPPED, "capped"), (PERSON, "person")):
+        submitted = requests.post(
+            keyed.proxy_url + "/api/jobs",
+            json={"route": "/api/generate", "body": {"model": "llama3.2:1b", "prompt": name}},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=10,
+        )
+        assert submitted.status_code == 202, submitted.text
+        assert _wait_job(keyed, key, submitted.json()["id"])["status"] == "succeeded"
+        classes[name] = _generate_line_of(keyed, name)["priority"]
+    assert classes == {"capped": "batch", "person": "interactive"}
+
+
+def test_the_header_on_v1_infer_sets_its_branches_class(service, emulator):
+    service.set_limits(_limits())
+    response = requests.post(
+        service.proxy + "/v1/infer",
+        json={"task": "expand_queries", "input": "jetson fans", "models": ["llama3.2:1b"]},
+        headers={"X-LLM-Priority": "batch", "X-Request-ID": "infer-batch"},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+    branch = _branch_line(service.process, "infer-batch")
+    assert branch["priority"] == "batch"
+    refused = requests.post(
+        service.proxy + "/v1/infer",
+        json={"task": "expand_queries", "input": "x"},
+        headers={"X-LLM-Priority": "asap"},
+        timeout=10,
+    )
+    assert refused.status_code == 400 and "X-LLM-Priority" in refused.text
+
+
+def _branch_line(process: ServiceProcess, request_id: str) -> dict:
+    deadline = time.monotonic() + 5
+    while True:
+        found = [line for line in _lines(process) if line.get("request_id") == request_id
+                 and line.get("path") == "/api/generate"]  # fmt: skip
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, f"no branch line for {request_id}"
+        time.sleep(0.02)
+
+
+def _generate_line_of(process: ServiceProcess, caller: str) -> dict:
+    deadline = time.monotonic() + 5
+    while True:
+        found = [line for line in _lines(process) if line.get("caller") == caller
+                 and line.get("path") == "/api/generate"]  # fmt: skip
+        if found:
+            return found[-1]
+        assert time.monotonic() < deadline, f"no /api/generate line of {caller}"
+        time.sleep(0.02)
