@@ -191,3 +191,30 @@ def test_query_parameters() -> None:
         with pytest.raises(QueryError) as caught:
             parse_query(args, 1000.0)
         assert caught.value.parameter == parameter
+
+
+def test_metrics_count_tokens_and_gpu_per_caller_with_at_most_32_header_names() -> None:
+    from management_api.metrics import Metrics
+
+    metrics = Metrics()
+    for i in range(40):
+        metrics.on_request_done(line(f"flow-{i}"))
+    metrics.on_request_done(line("ops", key="ops"))  # a key's name is never `other`
+    metrics.on_request_done(line(path="/api/show"))  # not inference: not counted
+    sample = metrics.registry.get_sample_value
+    labels = {"model": "llama3.2:latest"}
+    assert (
+        sample("llm_service_tokens_total", {**labels, "caller": "flow-0", "kind": "prompt"}) == 10
+    )
+    assert (
+        sample("llm_service_tokens_total", {**labels, "caller": "flow-31", "kind": "completion"})
+        == 5
+    )
+    assert (
+        sample("llm_service_tokens_total", {**labels, "caller": "flow-32", "kind": "prompt"})
+        is None
+    )
+    assert sample("llm_service_tokens_total", {**labels, "caller": "other", "kind": "prompt"}) == 80
+    assert sample("llm_service_gpu_seconds_total", {**labels, "caller": "other"}) == 12.0
+    assert sample("llm_service_gpu_seconds_total", {**labels, "caller": "ops"}) == 1.5
+    assert sample("llm_service_gpu_seconds_total", {**labels, "caller": "n8n"}) is None
