@@ -208,22 +208,21 @@ class UsageRecorder:
         return merged
 
     def report(self, since: float, until: float, group_by: Iterable[str]) -> list[dict[str, Any]]:
-        """Sums per group (each with its requests by outcome), largest request count first."""
+        """Sums per group (each with its requests by outcome), largest request count first:
+        the table summed by SQLite, plus what is not written yet (read under the write lock,
+        so a batch being written is counted exactly once)."""
         fields = list(group_by)
+        low = hour_of(since)
+        with self._write_lock:
+            stored = self.store.grouped(since, until, fields)
+            with self._lock:
+                unwritten = [*self._writing.items(), *self._pending.items()]
+                unwritten = [(k, list(s)) for k, s in unwritten if low <= k[0] < until]
         groups: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for key, sums in self.buckets(since, until).items():
-            ident = tuple(key[_INDEX[name]] for name in fields)
-            group = groups.get(ident)
-            if group is None:
-                group = groups[ident] = {
-                    **dict(zip(fields, ident, strict=True)),
-                    **dict.fromkeys(FIELDS, 0),
-                    "outcomes": {},
-                }
-            for name, value in zip(FIELDS, sums, strict=True):
-                group[name] += value
-            outcomes = group["outcomes"]
-            outcomes[key[5]] = outcomes.get(key[5], 0) + int(sums[0])
+        for ident, outcome, sums in stored:
+            _add(groups, fields, ident, outcome, sums)
+        for key, sums in unwritten:
+            _add(groups, fields, tuple(key[_INDEX[name]] for name in fields), key[5], sums)
         rows = [_rounded(group) for group in groups.values()]
         rows.sort(key=lambda row: (-row["requests"], [str(row[f]) for f in fields]))
         return rows
@@ -242,6 +241,25 @@ def totals(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         for outcome, count in row["outcomes"].items():
             total["outcomes"][outcome] = total["outcomes"].get(outcome, 0) + count
     return _rounded(total)
+
+
+def _add(
+    groups: dict[tuple[Any, ...], dict[str, Any]],
+    fields: list[str],
+    ident: tuple[Any, ...],
+    outcome: str,
+    sums: Sums,
+) -> None:
+    group = groups.get(ident)
+    if group is None:
+        group = groups[ident] = {
+            **dict(zip(fields, ident, strict=True)),
+            **dict.fromkeys(FIELDS, 0),
+            "outcomes": {},
+        }
+    for name, value in zip(FIELDS, sums, strict=True):
+        group[name] += value
+    group["outcomes"][outcome] = group["outcomes"].get(outcome, 0) + int(sums[0])
 
 
 def _merge(into: dict[Key, Sums], key: Key, sums: Sums) -> None:

@@ -191,3 +191,60 @@ def test_query_parameters() -> None:
         with pytest.raises(QueryError) as caught:
             parse_query(args, 1000.0)
         assert caught.value.parameter == parameter
+
+
+def test_metrics_count_tokens_and_gpu_per_caller_with_at_most_32_header_names() -> None:
+    from management_api.metrics import Metrics
+
+    metrics = Metrics()
+    for i in range(40):
+        metrics.on_request_done(line(f"flow-{i}"))
+    metrics.on_request_done(line("ops", key="ops"))  # a key's name is never `other`
+    metrics.on_request_done(line(path="/api/show"))  # not inference: not counted
+    sample = metrics.registry.get_sample_value
+    labels = {"model": "llama3.2:latest"}
+    assert (
+        sample("llm_service_tokens_total", {**labels, "caller": "flow-0", "kind": "prompt"}) == 10
+    )
+    assert (
+        sample("llm_service_tokens_total", {**labels, "caller": "flow-31", "kind": "completion"})
+        == 5
+    )
+    assert (
+        sample("llm_service_tokens_total", {**labels, "caller": "flow-32", "kind": "prompt"})
+        is None
+    )
+    assert sample("llm_service_tokens_total", {**labels, "caller": "other", "kind": "prompt"}) == 80
+    assert sample("llm_service_gpu_seconds_total", {**labels, "caller": "other"}) == 12.0
+    assert sample("llm_service_gpu_seconds_total", {**labels, "caller": "ops"}) == 1.5
+    assert sample("llm_service_gpu_seconds_total", {**labels, "caller": "n8n"}) is None
+
+
+def test_reports_summed_by_sqlite_equal_the_buckets_summed_in_python(tmp_path: Path) -> None:
+    clock = Clock(hour_of(T0))
+    usage = recorder(tmp_path, clock)
+    for i in range(300):
+        clock.now = hour_of(T0) + (i % 5) * HOUR
+        usage.on_request_done(line(f"c{i % 3}", model=f"m{i % 2}", task=f"t{i % 2}",
+                                   status=404 if i % 7 == 0 else 200))  # fmt: skip
+        if i == 150:
+            usage.flush()  # half written, half in memory
+    buckets = usage.buckets(T0 - HOUR, clock.now + HOUR)
+    for fields in (["caller"], ["model", "task"], ["hour"], ["caller", "priority"]):
+        report = usage.report(T0 - HOUR, clock.now + HOUR, fields)
+        index = {"hour": 0, "caller": 1, "model": 2, "task": 3, "priority": 4}
+        expected: dict[tuple, list[float]] = {}
+        for key, sums in buckets.items():
+            group = expected.setdefault(tuple(key[index[f]] for f in fields), [0.0] * 7)
+            for i, value in enumerate(sums):
+                group[i] += value
+        got = {tuple(row[f] for f in fields): row for row in report}
+        assert set(got) == set(expected)
+        for ident, sums in expected.items():
+            assert got[ident]["requests"] == sums[0]
+            assert got[ident]["prompt_tokens"] == sums[1]
+            assert got[ident]["gpu_seconds"] == pytest.approx(sums[3])
+    assert totals(usage.report(T0 - HOUR, clock.now + HOUR, ["caller"]))["outcomes"] == {
+        "completed": 257,
+        "http_404": 43,
+    }
