@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import random
+import socket
 import sys
 import threading
 import time
@@ -27,7 +29,7 @@ from typing import Any
 import requests
 
 from bench.reliability.jobs import JobChaos
-from bench.reliability.observe import HealthTimeline
+from bench.reliability.observe import HealthTimeline, LivenessProbe
 from bench.reliability.pulls import PullChaos
 from bench.reliability.run import (
     Harness,
@@ -41,6 +43,11 @@ from bench.reliability.stack import FIRST_BYTE_TIMEOUT_S, MODEL_LIMITS
 
 # Pull jobs retry quickly here: a stalled attempt fails after 3 s; no disk check on this machine.
 PULL_ENV = {"LLM_PULL_STALL_SECONDS": "3", "LLM_PULL_MIN_FREE_GB": "0", "LLM_PULL_RETRIES": "3"}
+# Clients that stop reading are dropped after this long without write progress (the setting's
+# default is 60 s; short here so that a short run sees it happen).
+SEND_TIMEOUT_S = 1.5
+STALL_MODEL = "llama3.2:latest"  # installed, and used by nothing else in the run
+LIVENESS_P99_LIMIT_MS = 1000.0
 PULL_SETTLE_S = 150.0  # four slowed attempts plus back-off, with room
 JOB_SETTLE_S = 120.0  # the jobs queued behind the load, once it stopped
 RECOVERY_LIMIT_S = 30.0  # from a crash to /health 200 again, supervisord's restart included
@@ -162,6 +169,63 @@ def _outage_report(
     }, failures
 
 
+class StallingClients:
+    """Now and then a client that asks for a long stream and never reads it: the service must
+    drop it (`client_stalled`) and give its slot back, whatever else the run is doing."""
+
+    def __init__(self, stack: Any, every_s: float = 4.0) -> None:
+        self.stack = stack
+        self.every_s = every_s
+        self.opened = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="stalling-clients", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(SEND_TIMEOUT_S + 10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self._one()
+            except Exception as exc:  # an emulator mid-restart: data, not a crash
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _one(self) -> None:
+        # A long fast stream: far more than every socket buffer on the way holds.
+        requests.post(self.stack.service.ollama + "/_fake/models", timeout=5, json={
+            "model": STALL_MODEL, "ttft_seconds": 0, "tokens": 200_000,
+            "tokens_per_second": 100_000,
+        })  # fmt: skip
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: small window
+        try:
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", self.stack.proxy_port))
+            body = json.dumps({"model": STALL_MODEL, "prompt": "never read", "stream": True})
+            sock.sendall(
+                b"POST /api/generate HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/json\r\nX-Request-ID: stall-%d\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (self.opened, len(body), body.encode())
+            )
+            self.opened += 1
+            self._stop.wait(SEND_TIMEOUT_S + 3)  # never reads
+        finally:
+            sock.close()
+
+
+def _stalled_dropped(stack: Any) -> int:
+    """Requests dropped because their client stopped reading (the worker's `client_stalled`
+    warning, one per dropped connection)."""
+    return sum(
+        1 for line in stack.service.output().splitlines() if "client_stalled: dropped" in line
+    )
+
+
 def run_chaos(
     seconds: float,
     out_dir: Path,
@@ -178,11 +242,16 @@ def run_chaos(
     """
     rng = random.Random(seed)
     with harness(
-        "chaos", concurrency=concurrency, seed=seed, extra_env=PULL_ENV,
+        "chaos", concurrency=concurrency, seed=seed,
+        extra_env={**PULL_ENV, "LLM_SEND_TIMEOUT_SECONDS": str(SEND_TIMEOUT_S)},
         emulator_args="--pull-bytes-per-second 5e8",
     ) as run:  # fmt: skip
         health = HealthTimeline(run.stack.management)
         health.start()
+        liveness = LivenessProbe(f"http://127.0.0.1:{run.stack.proxy_port}")
+        liveness.start()
+        stalling = StallingClients(run.stack)
+        stalling.start()
         chaos = Chaos(run, rng, kill_every_s)
         pulls = PullChaos(run.stack, random.Random(seed + 1))
         jobs = JobChaos(run.stack, random.Random(seed + 2))
@@ -198,6 +267,8 @@ def run_chaos(
             time.sleep(rng.uniform(1.5, 3.5))
         pulls.stop()
         jobs.stop()
+        stalling.stop()
+        liveness.stop()
         if cancel_pulls_at_end:
             pulls.cancel_all()
         # Quiet period: faults left armed are cleared, and Ollama must be back on its own.
@@ -222,6 +293,18 @@ def run_chaos(
         summary["failures"] += failures
         if not recovered:
             summary["failures"].append("/health was not 200 at the end of the run")
+        # The liveness probe never waits behind work (issue 29): p99 under a second all along.
+        summary["liveness"] = liveness.report()
+        p99 = summary["liveness"]["p99_ms"]
+        if p99 is None or p99 >= LIVENESS_P99_LIMIT_MS or summary["liveness"]["missed"]:
+            summary["failures"].append(f"liveness probe: {summary['liveness']}")
+        summary["stalled_clients"] = {
+            "opened": stalling.opened,
+            "dropped": _stalled_dropped(run.stack),
+            "send_timeout_s": SEND_TIMEOUT_S,
+        }
+        if stalling.errors:
+            summary["stalled_clients"]["errors"] = stalling.errors[:5]
         if chaos.errors:
             summary["chaos_errors"] = chaos.errors[:20]
         keep_service_log(run, summary, out_dir / "chaos-service.log")

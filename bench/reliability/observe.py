@@ -205,3 +205,38 @@ class ProcessSampler(_Poller):
             }
             for s in self.samples
         ]
+
+
+class LivenessProbe(_Poller):
+    """`GET /health/live` on the proxy port ten times a second, with the kubelet's 5 s timeout:
+    what a liveness probe would have seen during the run (a timeout counts as 5 s and a miss)."""
+
+    interval = 0.1
+    timeout = 5.0
+
+    def __init__(self, proxy: str) -> None:
+        super().__init__()
+        self.url = proxy + "/health/live"
+        self.latencies: list[float] = []
+        self.missed = 0
+
+    def tick(self) -> None:
+        started = time.monotonic()
+        try:
+            ok = requests.get(self.url, timeout=self.timeout).status_code == 200
+        except requests.RequestException:
+            ok = False
+        self.latencies.append(time.monotonic() - started if ok else self.timeout)
+        self.missed += 0 if ok else 1
+
+    def report(self) -> dict[str, float | int | None]:
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return {"probes": 0, "missed": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+        return {
+            "probes": len(ordered),
+            "missed": self.missed,
+            "p50_ms": round(ordered[len(ordered) // 2] * 1000, 1),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1),
+            "max_ms": round(ordered[-1] * 1000, 1),
+        }

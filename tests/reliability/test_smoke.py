@@ -51,6 +51,12 @@ def test_chaos_smoke(tmp_path):
     assert summary["jobs"]["jobs"] > 0
     assert sum(summary["jobs"]["states"].values()) == summary["jobs"]["jobs"]
     assert set(summary["jobs"]["states"]) <= {"succeeded", "failed", "cancelled"}
+    # The liveness probe answered within a second all along (issue 29), and a client that
+    # stopped reading was dropped (its slot back) while the faults ran.
+    assert summary["liveness"]["probes"] > 50 and summary["liveness"]["missed"] == 0
+    assert summary["liveness"]["p99_ms"] < 1000
+    assert summary["stalled_clients"]["opened"] >= 1
+    assert summary["stalled_clients"]["dropped"] >= 1
 
 
 @pytest.mark.timeout(150)
