@@ -106,7 +106,8 @@ class _Recorder:
     `on_end` is called exactly once: with the whole body as soon as it holds a finished answer
     (before its last chunk is handed on, so a caller that repeats the request at once finds it
     stored), else at ``close()`` with the body when it was relayed completely, or None when it
-    was cut, failed, or grew past `limit`.
+    was cut, failed, grew past `limit`, or the store had no room for it (`reserve`: the bytes a
+    recording holds count against the cache's cap, and are given back before `on_end`).
     """
 
     def __init__(
@@ -117,8 +118,13 @@ class _Recorder:
         kind: str,
         limit: int,
         on_end: Callable[[bytes | None], None],
+        reserve: Callable[[int], bool] = lambda size: True,
+        unreserve: Callable[[int], None] = lambda size: None,
     ) -> None:
         self._body = body
+        self._reserve = reserve
+        self._unreserve = unreserve
+        self._reserved = 0
         self._shape = shape
         self._kind = kind
         self._limit = limit
@@ -134,13 +140,31 @@ class _Recorder:
             return
         for chunk in self._body:
             if not self._ended and self._size <= self._limit:
-                self._size += len(chunk)
-                self._parts.append(chunk)
-                if self._size <= self._limit and _may_end(self._shape, chunk):
-                    body = b"".join(self._parts)
-                    if finish_reason(self._kind, self._shape, body) is not None:
-                        self._end(body)
+                if self._hold(len(chunk)):
+                    self._parts.append(chunk)
+                    if _may_end(self._shape, chunk):
+                        body = b"".join(self._parts)
+                        if finish_reason(self._kind, self._shape, body) is not None:
+                            self._end(body)
+                else:
+                    self._parts = []  # not recorded after all: nothing more is held
             yield chunk
+
+    def _hold(self, size: int) -> bool:
+        """Count `size` more bytes against the limit and the store's cap; False (and every byte
+        given back) when either says no: the answer is then relayed but not recorded."""
+        if self._size + size > self._limit or not self._reserve(size):
+            self._size = self._limit + 1
+            self._give_back()
+            return False
+        self._size += size
+        self._reserved += size
+        return True
+
+    def _give_back(self) -> None:
+        reserved, self._reserved = self._reserved, 0
+        if reserved:
+            self._unreserve(reserved)
 
     def _read_ahead(self) -> Iterator[bytes]:
         """A whole JSON answer, read at Ollama's pace before this client gets any of it.
@@ -155,8 +179,7 @@ class _Recorder:
         held: list[bytes] = []
         for chunk in body:
             held.append(chunk)
-            self._size += len(chunk)
-            if self._size > self._limit:
+            if not self._hold(len(chunk)):
                 break
         else:
             answer = b"".join(held)
@@ -174,6 +197,7 @@ class _Recorder:
             return
         self._ended = True
         self._parts = []
+        self._give_back()  # the store counts what it keeps from here on
         try:
             self._on_end(body)
         except Exception:
@@ -570,7 +594,8 @@ class ResponseCache:
                 self._land(plan.key, flight, answer)
 
         body = _Recorder(response.body, shape=plan.shape, kind=plan.intent.kind,
-                         limit=self.store.max_bytes // 4, on_end=recorded)  # fmt: skip
+                         limit=self.store.max_bytes // 4, on_end=recorded,
+                         reserve=self.store.reserve, unreserve=self.store.unreserve)  # fmt: skip
         return dataclasses.replace(
             response, headers=[*response.headers, (HEADER, result)], body=body
         )
@@ -746,6 +771,7 @@ class ResponseCache:
             "ttl_seconds": self.store.ttl_seconds,
             "entries": stored["entries"],
             "bytes": stored["bytes"],
+            "recording_bytes": stored["recording_bytes"],
             "evictions": stored["evictions"],
             "expirations": stored["expirations"],
             "in_flight": in_flight,

@@ -38,6 +38,8 @@ class LruStore:
         self._clock = clock
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._bytes = 0
+        # Bytes held by answers being recorded right now: they count against the cap too.
+        self._reserved = 0
         self._lock = threading.Lock()
         self._next_sweep = clock() + ttl_seconds / 10
         self.evictions = 0
@@ -81,12 +83,34 @@ class LruStore:
                 self._drop(old)
             if now >= self._next_sweep:
                 self._sweep(now)
-            while self._bytes + size > self.max_bytes and self._entries:
+            while self._bytes + self._reserved + size > self.max_bytes and self._entries:
                 self._drop(next(iter(self._entries.values())))
                 self.evictions += 1
             self._entries[key] = entry
             self._bytes += size
         return True
+
+    def reserve(self, size: int) -> bool:
+        """Hold `size` bytes of the cap for an answer being recorded, evicting the least
+        recently used entries as needed; False when recordings already hold the rest of the cap
+        (the answer is then simply not cached). Give the bytes back with `unreserve`."""
+        with self._lock:
+            if self._reserved + size > self.max_bytes:
+                return False
+            while self._bytes + self._reserved + size > self.max_bytes and self._entries:
+                self._drop(next(iter(self._entries.values())))
+                self.evictions += 1
+            self._reserved += size
+            return True
+
+    def unreserve(self, size: int) -> None:
+        with self._lock:
+            self._reserved = max(0, self._reserved - size)
+
+    @property
+    def reserved(self) -> int:
+        with self._lock:
+            return self._reserved
 
     def clear(self) -> int:
         with self._lock:
@@ -117,6 +141,7 @@ class LruStore:
             return {
                 "entries": len(self._entries),
                 "bytes": self._bytes,
+                "recording_bytes": self._reserved,
                 "groups": {k: {"entries": v[0], "bytes": v[1]} for k, v in groups.items()},
                 "evictions": self.evictions,
                 "expirations": self.expirations,

@@ -366,3 +366,41 @@ def test_the_scope_is_the_key_unless_entries_are_shared():
         max_bytes=1 << 20, ttl_seconds=60, digest_of=lambda _: "d", shared_across_keys=True
     )
     assert shared.scope("app") == shared.scope("other") == shared.scope(None) == ""
+
+
+def test_recordings_count_against_the_cap_and_give_their_bytes_back_once():
+    from management_api.cache.service import _Recorder
+
+    class Body(list):
+        complete = True
+
+    first, *_, last = NDJSON.splitlines(keepends=True)
+    lines = [first] * 40 + [last]  # a longer answer, relayed a line at a time
+    answer = b"".join(lines)
+    held = len(answer) - len(last)  # what a recording holds before the last chunk
+    # Room for two recordings that far, not three.
+    store = LruStore(max_bytes=2 * held + held // 2, ttl_seconds=60)
+    assert store.put("old", "/api/chat", "m", "kept", 10)  # stored: evicted to make room
+    ended: list[list[bytes | None]] = [[], [], []]
+    recorders = [
+        _Recorder(Body(lines), shape="ndjson", kind="chat", limit=1 << 20,
+                  on_end=ended[i].append, reserve=store.reserve, unreserve=store.unreserve)
+        for i in range(3)
+    ]  # fmt: skip
+    streams = [iter(r) for r in recorders]
+    relayed: list[list[bytes]] = [[], [], []]
+    for _ in range(len(lines) - 1):  # all three mid-answer at once
+        for index, stream in enumerate(streams):
+            relayed[index].append(next(stream))
+        assert store.reserved + store.counts()[1] <= store.max_bytes
+    assert store.get("old") is None  # the recordings needed its room
+    for index, stream in enumerate(streams):
+        relayed[index].extend(stream)
+        recorders[index].close()
+    # Every client got the whole answer; the one that found no room was not recorded.
+    assert all(b"".join(r) == answer for r in relayed)
+    assert sorted(e[0] is None for e in ended) == [False, False, True]
+    assert store.reserved == 0  # every byte given back, exactly once
+    for recorder in recorders:
+        recorder.close()
+    assert store.reserved == 0
