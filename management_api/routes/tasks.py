@@ -146,13 +146,16 @@ def infer() -> ResponseReturnValue:
     cap = round(_services().settings.infer_max_input_mb * 1024 * 1024)
     if request.content_length is not None and request.content_length > cap:
         raise _too_large(cap)
-    data = request.get_data(cache=True)
+    # Not kept on the request: the parsed input is all the branches need, and the raw body
+    # would otherwise stay alive (a second copy of the input) for the whole request.
+    data = request.get_data(cache=False)
     if len(data) > cap:
         raise _too_large(cap)
     try:
         payload = loads_bounded(data)
     except (ValueError, UnicodeDecodeError):
         raise _bad("the body must be a JSON object", "body") from None
+    del data
     call = _call(payload)
     services = _services()
     plan = _cache_plan(call)
