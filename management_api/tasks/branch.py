@@ -288,18 +288,23 @@ def _read_error(branch: Branch, status: int, body: Any) -> None:
 
 
 def _read_stream(branch: Branch, body: Any, on_event: Callable[[Branch, str], None]) -> None:
-    buffer = b""
+    buffer = bytearray()  # grows in place: no copy of the whole line per piece
     done = False
     for piece in body:  # read to the end, so the exchange counts as completed
         if done:
             continue
+        start = len(buffer)
         buffer += piece
-        *lines, buffer = buffer.split(b"\n")
+        if b"\n" not in piece:
+            continue
+        end = buffer.rindex(b"\n", start)
+        lines = bytes(buffer[:end]).split(b"\n")
+        del buffer[: end + 1]
         for line in lines:
             if not line.strip():
                 continue
             try:
-                item = json.loads(line)
+                item = json.loads(_without_context(line))
             except ValueError:
                 continue
             if not isinstance(item, dict):
@@ -353,3 +358,25 @@ def _judge_output(branch: Branch) -> None:
         return
     branch.valid = True
     branch.status = "answered"  # won or lost once the strategy decided
+
+
+_CONTEXT_KEYS = (b',"context":[', b'{"context":[')
+
+
+def _without_context(line: bytes) -> bytes:
+    """The line without Ollama's ``context`` (one number per prompt token, only on the last
+    line): parsed, it costs tens of bytes a token per branch, and a branch never uses it.
+    The key is matched only where a key can start (after ``,`` or ``{`` outside a string: a
+    quote inside a string is escaped), and the array holds only numbers, so ``]`` ends it."""
+    for key in _CONTEXT_KEYS:
+        start = line.find(key)
+        if start >= 0:
+            end = line.find(b"]", start + len(key))
+            if end < 0:
+                return line
+            keep = b"{" if key[0:1] == b"{" else b""
+            rest = line[end + 1 :]
+            if keep and rest[:1] == b",":
+                rest = rest[1:]
+            return line[:start] + keep + rest
+    return line
