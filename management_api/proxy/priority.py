@@ -40,6 +40,19 @@ class CallerPolicy:
 DEFAULT_POLICY = CallerPolicy()
 
 
+def header_class(header: str | None) -> str | None:
+    """The class an ``X-LLM-Priority`` value names (None without one); 400 naming the header
+    for any other value."""
+    if header is None:
+        return None
+    value = header.strip().lower()
+    if value not in CLASSES:
+        raise errors.BadRequest(
+            f"{HEADER} must be one of {', '.join(CLASSES)}", type="invalid_priority", field=HEADER
+        )
+    return value
+
+
 def resolve(
     *,
     header: str | None,
@@ -50,16 +63,13 @@ def resolve(
     default: str,
 ) -> str:
     base = task_priority or policy.priority or default
-    asked: str | None = None
-    if header is not None:
-        value = header.strip().lower()
-        if value not in CLASSES:
-            raise errors.BadRequest(
-                f"{HEADER} must be one of {', '.join(CLASSES)}", type="invalid_priority",
-                field=HEADER,
-            )  # fmt: skip
-        asked = value
-    elif openai and isinstance(payload, dict) and payload.get("service_tier") is not None:
+    asked = header_class(header)
+    if (
+        asked is None
+        and openai
+        and isinstance(payload, dict)
+        and payload.get("service_tier") is not None
+    ):
         tier = payload["service_tier"]
         if not isinstance(tier, str) or tier not in SERVICE_TIERS:
             raise errors.BadRequest(

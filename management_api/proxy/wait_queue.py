@@ -162,6 +162,3 @@ class WaitQueue:
             elif self._accounts.get(caller, 0.0) <= mine:
                 ahead += len(lane)
         return ahead
-
-    def service_accounts(self) -> dict[str, float]:
-        return dict(self._accounts)

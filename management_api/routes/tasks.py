@@ -21,10 +21,9 @@ from management_api import errors, names
 from management_api.bodies import loads_bounded
 from management_api.cache.service import HEADER as CACHE_HEADER
 from management_api.cache.service import ResultPlan
-from management_api.proxy.priority import DEFAULT_POLICY
+from management_api.proxy.priority import DEFAULT_POLICY, header_class
 from management_api.proxy.priority import HEADER as PRIORITY_HEADER
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
-from management_api.proxy.wait_queue import CLASSES
 from management_api.tasks.config import MAX_MODELS_PER_TASK, STRATEGIES, STREAMABLE
 from management_api.tasks.orchestrator import InferCall, settled
 
@@ -96,10 +95,7 @@ def _call(payload: Any) -> InferCall:
     if stream and strategy not in STREAMABLE:
         raise _bad("stream is available for the fallback and fastest strategies", "stream")
     key = getattr(g, "key", None)
-    asked = request.headers.get(PRIORITY_HEADER)
-    if asked is not None and asked.strip().lower() not in CLASSES:
-        raise errors.BadRequest(f"{PRIORITY_HEADER} must be one of {', '.join(CLASSES)}",
-                                type="invalid_priority", field=PRIORITY_HEADER)  # fmt: skip
+    asked = header_class(request.headers.get(PRIORITY_HEADER))
     return InferCall(
         config=config,
         task=task,
@@ -115,7 +111,7 @@ def _call(payload: Any) -> InferCall:
         caller=g.caller,
         policy=key.policy if key else DEFAULT_POLICY,
         # The request's own class wins over the task's (the key's ceiling still caps it).
-        priority=asked.strip().lower() if asked is not None else None,
+        priority=asked,
     )
 
 

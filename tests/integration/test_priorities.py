@@ -42,14 +42,23 @@ def _lines(process: ServiceProcess) -> list[dict]:
     ]
 
 
-def _line(process: ServiceProcess, request_id: str) -> dict:
+def _wait_lines(process: ServiceProcess, **fields: str) -> list[dict]:
+    """The access lines whose fields have these values, once there is one (within 5 s)."""
     deadline = time.monotonic() + 5
     while True:
-        found = [line for line in _lines(process) if line.get("request_id") == request_id]
+        found = [
+            line
+            for line in _lines(process)
+            if all(line.get(name) == value for name, value in fields.items())
+        ]
         if found:
-            return found[0]
-        assert time.monotonic() < deadline, f"no access line for {request_id}"
+            return found
+        assert time.monotonic() < deadline, f"no access line with {fields}"
         time.sleep(0.02)
+
+
+def _line(process: ServiceProcess, request_id: str) -> dict:
+    return _wait_lines(process, request_id=request_id)[0]
 
 
 def _send(base: str, request_id: str, priority: str | None, results: dict, caller: str) -> None:
@@ -230,7 +239,7 @@ def test_a_job_waits_as_batch_unless_its_key_names_a_class(keyed):
         )
         assert submitted.status_code == 202, submitted.text
         assert _wait_job(keyed, key, submitted.json()["id"])["status"] == "succeeded"
-        classes[name] = _generate_line_of(keyed, name)["priority"]
+        classes[name] = _wait_lines(keyed, caller=name, path="/api/generate")[-1]["priority"]
     assert classes == {"capped": "batch", "person": "interactive"}
 
 
@@ -243,7 +252,7 @@ def test_the_header_on_v1_infer_sets_its_branches_class(service, emulator):
         timeout=60,
     )
     assert response.status_code == 200, response.text
-    branch = _branch_line(service.process, "infer-batch")
+    branch = _wait_lines(service.process, request_id="infer-batch", path="/api/generate")[0]
     assert branch["priority"] == "batch"
     refused = requests.post(
         service.proxy + "/v1/infer",
@@ -252,25 +261,3 @@ def test_the_header_on_v1_infer_sets_its_branches_class(service, emulator):
         timeout=10,
     )
     assert refused.status_code == 400 and "X-LLM-Priority" in refused.text
-
-
-def _branch_line(process: ServiceProcess, request_id: str) -> dict:
-    deadline = time.monotonic() + 5
-    while True:
-        found = [line for line in _lines(process) if line.get("request_id") == request_id
-                 and line.get("path") == "/api/generate"]  # fmt: skip
-        if found:
-            return found[0]
-        assert time.monotonic() < deadline, f"no branch line for {request_id}"
-        time.sleep(0.02)
-
-
-def _generate_line_of(process: ServiceProcess, caller: str) -> dict:
-    deadline = time.monotonic() + 5
-    while True:
-        found = [line for line in _lines(process) if line.get("caller") == caller
-                 and line.get("path") == "/api/generate"]  # fmt: skip
-        if found:
-            return found[-1]
-        assert time.monotonic() < deadline, f"no /api/generate line of {caller}"
-        time.sleep(0.02)
