@@ -8,27 +8,44 @@ measure the depth first (a linear scan that skips strings) and refuse anything d
 matches case-insensitively, and of several spellings of one field the last in the body wins.
 The proxy decides admission and the cache key on that reading, so it never judges a request on
 a field Ollama does not use (``"model"``) while Ollama runs another one (``"Model"``).
+
+Large bodies are held once (`read_buffer`, `loads_releasing`, `canonical_pieces`,
+`string_pieces`): a request's memory stays proportional to its body, never a multiple of it
+for each step that reads or re-encodes it.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
-from typing import Any
+import re
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from management_api import errors
 
 MAX_DEPTH = 64
+READ_CHUNK = 1 << 16  # bytes read from the client at a time
+ESCAPE_SLICE = 1 << 16  # characters of a long string escaped at a time
 
 
-def nesting_depth(raw: bytes) -> int:
+# The bytes that can change the depth or whether a byte is inside a string: the scan looks only
+# at these (a long string is skipped at C speed, not walked a byte at a time in Python).
+_STRUCTURE = re.compile(rb'["\\\[\]{}]')
+
+
+def nesting_depth(raw: bytes | bytearray) -> int:
     depth = deepest = 0
-    in_string = escaped = False
-    for byte in raw:
+    in_string = False
+    escaped = -1  # the position of the byte a backslash escapes
+    for match in _STRUCTURE.finditer(raw):
+        at = match.start()
+        if at == escaped:
+            continue
+        byte = raw[at]
         if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
+            if byte == 0x5C:  # backslash
+                escaped = at + 1
             elif byte == 0x22:  # quote
                 in_string = False
         elif byte == 0x22:
@@ -46,6 +63,90 @@ def loads_bounded(raw: bytes, max_depth: int = MAX_DEPTH) -> Any:
     if nesting_depth(raw) > max_depth:
         raise ValueError(f"JSON nested deeper than {max_depth} levels")
     return json.loads(raw)
+
+
+def read_buffer(stream: BinaryIO, length: int | None, limit: int) -> bytearray:
+    """The request body in one buffer allocated once. Werkzeug's read gathers the pieces and
+    copies them into one bytes object: twice the body at its peak. ``length`` is the
+    Content-Length; without one (chunked), the body is read to its end or one byte past
+    ``limit``, so the caller can refuse it."""
+    if length is None:
+        buffer = bytearray()
+        while len(buffer) <= limit:
+            piece = stream.read(READ_CHUNK)
+            if not piece:
+                break
+            buffer += piece
+        return buffer
+    buffer = bytearray(length)
+    filled = 0
+    with memoryview(buffer) as view:
+        while filled < length:
+            got = stream.readinto(view[filled : filled + READ_CHUNK])  # type: ignore[attr-defined]
+            if not got:
+                raise errors.BadRequest("the body ended before its Content-Length")
+            filled += got
+    return buffer
+
+
+def loads_releasing(buffer: bytearray, max_depth: int = MAX_DEPTH) -> Any:
+    """`loads_bounded` of a body that is emptied as soon as it is decoded (as `json.loads`
+    decodes bytes), so the raw bytes, their text and the parsed value are never all alive."""
+    if nesting_depth(buffer) > max_depth:
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    text = buffer.decode(json.detect_encoding(buffer), "surrogatepass")
+    buffer.clear()
+    return json.loads(text)
+
+
+def _escape_lone_surrogates(error: UnicodeError) -> tuple[str, int]:
+    assert isinstance(error, UnicodeEncodeError)
+    bad = error.object[error.start : error.end]
+    return "".join(f"\\u{ord(char):04x}" for char in bad), error.end
+
+
+# A lone surrogate (a JSON body may hold "\ud800") is sent as the escape it came as: Go's
+# decoder reads it as U+FFFD, exactly as if the caller had sent it to Ollama itself.
+codecs.register_error("llm_service.json_escape", _escape_lone_surrogates)
+
+
+def string_pieces(text: str, errors: str = "llm_service.json_escape") -> Iterator[bytes]:
+    """The JSON escape of ``text`` (without its quotes) as UTF-8, as ``json.dumps`` with
+    ``ensure_ascii=False`` writes it, in pieces of at most `ESCAPE_SLICE` characters: a long
+    string is never held escaped whole. Escaping is per character, so slices join exactly."""
+    for start in range(0, len(text), ESCAPE_SLICE):
+        escaped = json.dumps(text[start : start + ESCAPE_SLICE], ensure_ascii=False)
+        yield escaped[1:-1].encode("utf-8", errors)
+
+
+def canonical_pieces(value: Any) -> Iterator[bytes]:
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    allow_nan=False).encode("utf-8", "surrogatepass")`` in pieces (long strings a slice at a
+    time), for hashing a large body without a second and third copy of it. ValueError for
+    NaN or infinity, TypeError for what JSON cannot hold, as ``json.dumps``."""
+    if isinstance(value, str):
+        yield b'"'
+        yield from string_pieces(value, "surrogatepass")
+        yield b'"'
+    elif isinstance(value, dict):
+        yield b"{"
+        for index, key in enumerate(sorted(value)):
+            if not isinstance(key, str):
+                raise TypeError("a canonical object has string keys only")
+            yield b',"' if index else b'"'
+            yield from string_pieces(key, "surrogatepass")
+            yield b'":'
+            yield from canonical_pieces(value[key])
+        yield b"}"
+    elif isinstance(value, list | tuple):
+        yield b"["
+        for index, item in enumerate(value):
+            if index:
+                yield b","
+            yield from canonical_pieces(item)
+        yield b"]"
+    else:
+        yield json.dumps(value, allow_nan=False).encode()
 
 
 def json_object(raw: bytes, *, required: bool = True, **extra: Any) -> dict[str, Any]:

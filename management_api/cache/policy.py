@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from management_api.bodies import LossyObject
+from management_api.bodies import LossyObject, canonical_pieces
 from management_api.proxy.inference import InferenceRequest
 
 INFER_ROUTE = "/v1/infer"
@@ -95,14 +95,14 @@ def _key_fields(payload: dict[str, Any], leave_out: frozenset[str]) -> dict[str,
 def request_key(path: str, digest: str, payload: dict[str, Any], scope: str = "") -> str:
     """The key of a whole request in a caller's `scope`; raises ValueError for a body JSON
     cannot repeat exactly."""
-    return _hash(path, digest, _canonical(_key_fields(payload, NOT_IN_KEY)), scope)
+    return _hash(path, digest, (_canonical(_key_fields(payload, NOT_IN_KEY)),), scope)
 
 
 def item_key(path: str, digest: str, payload: dict[str, Any], item: str, scope: str = "") -> str:
     """The key of one input of an embedding batch: the request minus its other inputs."""
     fields = _key_fields(payload, NOT_IN_KEY | {"input"})
     fields["input"] = item
-    return _hash(path, digest, _canonical(fields), scope)
+    return _hash(path, digest, (_canonical(fields),), scope)
 
 
 def task_key(
@@ -112,11 +112,12 @@ def task_key(
     digests of every model that may answer (in order), and the caller's fields that change the
     answer (input, strategy, models; not deadline_ms or stream). Raises ValueError for a body
     JSON cannot repeat exactly."""
-    canonical = _canonical({"task": task, "config": identity, "request": dict(fields)})
+    # Hashed a piece at a time: the input may be megabytes (never escaped whole, twice).
+    canonical = canonical_pieces({"task": task, "config": identity, "request": dict(fields)})
     return _hash(INFER_ROUTE, ",".join(digests), canonical, scope)
 
 
-def _hash(path: str, digest: str, canonical: bytes, scope: str) -> str:
+def _hash(path: str, digest: str, canonical: Iterable[bytes], scope: str) -> str:
     # The scope (an API key's name: 1-64 of A-Z a-z 0-9 _ . -) comes first, NUL-separated.
     h = hashlib.sha256(scope.encode())
     h.update(b"\0")
@@ -124,7 +125,8 @@ def _hash(path: str, digest: str, canonical: bytes, scope: str) -> str:
     h.update(b"\0")
     h.update(digest.encode())
     h.update(b"\0")
-    h.update(canonical)
+    for piece in canonical:
+        h.update(piece)
     return h.hexdigest()
 
 

@@ -18,7 +18,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from management_api import errors, names
-from management_api.bodies import loads_bounded
+from management_api.bodies import loads_releasing, read_buffer
 from management_api.cache.service import HEADER as CACHE_HEADER
 from management_api.cache.service import ResultPlan
 from management_api.proxy.priority import DEFAULT_POLICY, header_class
@@ -140,17 +140,18 @@ def _cache_plan(call: InferCall) -> ResultPlan | None:
 def infer() -> ResponseReturnValue:
     # Its own cap, below the general body cap: every model of the task is sent the input.
     cap = round(_services().settings.infer_max_input_mb * 1024 * 1024)
-    if request.content_length is not None and request.content_length > cap:
+    length = request.content_length
+    if length is not None and length > cap:
         raise _too_large(cap)
-    # Not kept on the request: once parsed, the body's bytes are not needed for the run.
-    data = request.get_data(cache=False)
-    if len(data) > cap:
+    # Read into one buffer and emptied once decoded: a large input is held about once, not as
+    # raw bytes, their text and the parsed value all at the same time.
+    buffer = read_buffer(request.stream, length, cap)
+    if len(buffer) > cap:
         raise _too_large(cap)
     try:
-        payload = loads_bounded(data)
+        payload = loads_releasing(buffer)
     except (ValueError, UnicodeDecodeError):
         raise _bad("the body must be a JSON object", "body") from None
-    del data
     call = _call(payload)
     services = _services()
     plan = _cache_plan(call)

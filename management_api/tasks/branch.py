@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from management_api import errors
+from management_api.bodies import string_pieces
 from management_api.proxy.gateway import Admission, ClientRequest, Gateway
 from management_api.proxy.priority import DEFAULT_POLICY, CallerPolicy
 from management_api.proxy.priority import HEADER as PRIORITY_HEADER
@@ -72,8 +74,9 @@ class Branch:
         self.model = model
         self.role = role
         self.body = body
-        # The body's "prompt" already encoded as a JSON string, shared with the other branches.
-        self.prompt_json: bytes | None = None
+        # The request's prompt, encoded once and shared with the other branches; its body's
+        # "prompt" then holds only the prompt's first characters (all admission reads).
+        self.prompt_json: EncodedPrompt | None = None
         self.output = output
         self.schema = schema
         self.deadline = deadline
@@ -181,19 +184,39 @@ def _cancelled_status(branch: Branch) -> str:
     return CANCELLED
 
 
-def encode_prompt(prompt: str) -> bytes:
-    """A prompt as a JSON string, UTF-8 (not \\u escapes: six bytes a character for non-ASCII)."""
-    return json.dumps(prompt, ensure_ascii=False).encode()
+PROMPT_HEAD_CHARS = 200
+
+
+@dataclass(frozen=True)
+class EncodedPrompt:
+    """A prompt as a JSON string, UTF-8 in pieces: built once per request and sent by each of
+    its branches, never copied per branch nor held a second time as one string."""
+
+    pieces: tuple[bytes, ...]
+    head: str  # its first characters: whether it is empty is all admission reads of it
+
+
+def encode_prompt(parts: Iterable[str]) -> EncodedPrompt:
+    """Encode the prompt that is the concatenation of ``parts`` (a template's literal text and
+    field values): the JSON escape of a concatenation is the concatenation of the escapes."""
+    pieces = [b'"']
+    head = ""
+    for part in parts:
+        if len(head) < PROMPT_HEAD_CHARS:
+            head += part[: PROMPT_HEAD_CHARS - len(head)]
+        pieces.extend(string_pieces(part))
+    pieces.append(b'"')
+    return EncodedPrompt(tuple(pieces), head)
 
 
 def body_parts(branch: Branch) -> BodyParts:
-    """The branch's /api/generate body as pieces: its own small fields, then the prompt, which
-    is encoded once per request and shared by its branches (never copied per branch)."""
-    prompt = branch.body.get("prompt", "")
-    encoded = branch.prompt_json if branch.prompt_json is not None else encode_prompt(prompt)
+    """The branch's /api/generate body as pieces: its own small fields, then the prompt."""
+    encoded = branch.prompt_json
+    if encoded is None:
+        encoded = encode_prompt([branch.body.get("prompt", "")])
     rest = {key: value for key, value in branch.body.items() if key != "prompt"}
     head = json.dumps(rest, ensure_ascii=False)[:-1] + (", " if rest else "") + '"prompt": '
-    return BodyParts((head.encode(), encoded, b"}"))
+    return BodyParts((head.encode(), *encoded.pieces, b"}"))
 
 
 def _run(
@@ -288,23 +311,16 @@ def _read_error(branch: Branch, status: int, body: Any) -> None:
 
 
 def _read_stream(branch: Branch, body: Any, on_event: Callable[[Branch, str], None]) -> None:
-    buffer = bytearray()  # grows in place: no copy of the whole line per piece
+    reader = LineReader()
     done = False
     for piece in body:  # read to the end, so the exchange counts as completed
         if done:
             continue
-        start = len(buffer)
-        buffer += piece
-        if b"\n" not in piece:
-            continue
-        end = buffer.rindex(b"\n", start)
-        lines = bytes(buffer[:end]).split(b"\n")
-        del buffer[: end + 1]
-        for line in lines:
+        for line in reader.feed(piece):
             if not line.strip():
                 continue
             try:
-                item = json.loads(_without_context(line))
+                item = json.loads(line)
             except ValueError:
                 continue
             if not isinstance(item, dict):
@@ -360,23 +376,49 @@ def _judge_output(branch: Branch) -> None:
     branch.status = "answered"  # won or lost once the strategy decided
 
 
-_CONTEXT_KEYS = (b',"context":[', b'{"context":[')
+class LineReader:
+    """Ollama's NDJSON stream as complete lines, without the ``context`` array of its last
+    line: one number per prompt token (megabytes for a long prompt), which a branch never
+    uses. The array is dropped as it arrives, so that line is never held whole.
 
-
-def _without_context(line: bytes) -> bytes:
-    """The line without Ollama's ``context`` (one number per prompt token, only on the last
-    line): parsed, it costs tens of bytes a token per branch, and a branch never uses it.
-    The key is matched only where a key can start (after ``,`` or ``{`` outside a string: a
+    A key is matched only where a key can start (after ``,`` or ``{`` outside a string: a
     quote inside a string is escaped), and the array holds only numbers, so ``]`` ends it."""
-    for key in _CONTEXT_KEYS:
-        start = line.find(key)
-        if start >= 0:
-            end = line.find(b"]", start + len(key))
-            if end < 0:
-                return line
-            keep = b"{" if key[0:1] == b"{" else b""
-            rest = line[end + 1 :]
-            if keep and rest[:1] == b",":
-                rest = rest[1:]
-            return line[:start] + keep + rest
-    return line
+
+    _KEYS = (b',"context":[', b'{"context":[')
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()  # grows in place: no copy of the whole line per piece
+        self._skipping = False  # inside the array
+        self._drop_comma = False  # the array was the first field: the comma after it goes
+
+    def feed(self, piece: bytes) -> list[bytearray]:
+        data = piece
+        while data:
+            if self._skipping:
+                end = data.find(b"]")
+                if end < 0:
+                    break
+                data, self._skipping = data[end + 1 :], False
+            if self._drop_comma and data:
+                data, self._drop_comma = (data[1:] if data[:1] == b"," else data), False
+            if not data:
+                break
+            # Look again at the last bytes already held: a key may arrive split in two.
+            scan = max(0, len(self._buffer) - len(self._KEYS[0]) + 1)
+            self._buffer += data
+            data = b""
+            found = [(at, key) for key in self._KEYS if (at := self._buffer.find(key, scan)) >= 0]
+            if found:
+                at, key = min(found)
+                data = bytes(self._buffer[at + len(key) :])
+                del self._buffer[at:]
+                if key[:1] == b"{":
+                    self._buffer += b"{"
+                    self._drop_comma = True
+                self._skipping = True
+        end = self._buffer.rfind(b"\n")
+        if end < 0:
+            return []
+        lines = self._buffer[:end].split(b"\n")
+        del self._buffer[: end + 1]
+        return lines

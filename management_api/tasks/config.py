@@ -14,7 +14,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,16 +74,27 @@ class Template:
         return tuple(dict.fromkeys(_FIELD.findall(self.text)))
 
     def render(self, values: Mapping[str, Any]) -> str:
-        def fill(match: re.Match[str]) -> str:
+        return "".join(self.pieces(values))
+
+    def pieces(self, values: Mapping[str, Any]) -> Iterator[str]:
+        """The rendered text as its literal parts and field values, in order (never joined:
+        a large input is not copied into a second string). TemplateError for a missing field."""
+        position = 0
+        for match in _FIELD.finditer(self.text):
             name = match.group(1)
             if name not in values:
                 raise TemplateError(f"the template needs the field '{name}'")
+            if match.start() > position:
+                yield self.text[position : match.start()]
             value = values[name]
-            if isinstance(value, str):
-                return value
-            return json.dumps(value, ensure_ascii=False, sort_keys=True)
+            yield value if isinstance(value, str) else _field_json(value)
+            position = match.end()
+        if position < len(self.text):
+            yield self.text[position:]
 
-        return _FIELD.sub(fill, self.text)
+
+def _field_json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 def input_fields(value: Any) -> dict[str, Any]:

@@ -119,19 +119,15 @@ class _Run:
     call: InferCall
     arrived: float
     deadline: float
-    prompt: str
+    # The prompt, encoded once and sent by every branch that asks it: an 8 MB input must not
+    # become one copy per model, nor be held rendered beside its encoding.
+    prompt: br.EncodedPrompt
     events: queue.Queue[tuple[br.Branch, str]] = field(default_factory=queue.Queue)
     branches: list[br.Branch] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     hedges: list[br.Branch] = field(default_factory=list)
     decided_by: str | None = None
     judge: br.Branch | None = None
-    # The prompt as a JSON string, encoded once and sent by every branch that asks it: an 8 MB
-    # input must not become one copy per model.
-    prompt_json: bytes = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.prompt_json = br.encode_prompt(self.prompt)
 
     def left(self, until: float | None = None) -> float:
         return (until if until is not None else self.deadline) - time.monotonic()
@@ -241,7 +237,7 @@ class Orchestrator:
         """Answer one request; raises an ``errors.ApiError`` (or ClientGone) otherwise."""
         arrived = time.monotonic()
         try:
-            prompt = call.task.template.render(input_fields(call.input))
+            prompt = br.encode_prompt(call.task.template.pieces(input_fields(call.input)))
         except TemplateError as exc:
             raise errors.BadRequest(str(exc), type="invalid_input", field="input") from None
         run = _Run(call, arrived, arrived + call.deadline_ms / 1000, prompt)
@@ -331,7 +327,12 @@ class Orchestrator:
         if not self.breakers.begin(key):
             self._skip(run, model, "breaker_open", role)
             return None
-        body: dict[str, Any] = {"model": model, "prompt": prompt or run.prompt, "stream": True}
+        shared = not prompt  # the task's prompt, not one of its own (the judge's)
+        body: dict[str, Any] = {
+            "model": model,
+            "prompt": run.prompt.head if shared else prompt,
+            "stream": True,
+        }
         system = system if system is not None else task.system
         if system:
             body["system"] = system
@@ -351,8 +352,8 @@ class Orchestrator:
             schema=fmt if role == "judge" else task.schema,
             deadline=deadline if deadline is not None else run.deadline,
         )
-        if prompt is None:
-            branch.prompt_json = run.prompt_json
+        if shared:
+            branch.prompt_json = run.prompt
         run.branches.append(branch)
         call = run.call
 
@@ -645,7 +646,9 @@ class Orchestrator:
         labels = {f"c{i + 1}": b for i, b in enumerate(shuffled)}
         listing = "\n\n".join(f"[{label}]\n{b.content.strip()}" for label, b in labels.items())
         fields = input_fields(run.call.input)
-        fields.update(candidates=listing, task=task.name, prompt=run.prompt)
+        # The task's prompt is rendered again only here (a judge is the one reader of its text).
+        prompt = task.template.render(input_fields(run.call.input))
+        fields.update(candidates=listing, task=task.name, prompt=prompt)
         try:
             prompt = judge.template.render(fields)
         except TemplateError as exc:

@@ -281,3 +281,9 @@ def test_push_answers_like_an_unauthorised_registry(fake: FakeOllama) -> None:
     missing = requests.post(fake.url + "/api/push", json={"model": "ghost", "stream": False})
     assert missing.status_code == 500 and "no such file or directory" in missing.json()["error"]
     assert missing.headers["Content-Type"] == "application/json"
+
+
+def test_a_lone_surrogate_escape_reads_as_u_fffd(fake: FakeOllama) -> None:
+    # encoding/json decodes an escaped surrogate that is not half of a pair as U+FFFD.
+    r = post(fake, "/api/copy", raw=b'{"source": "a\\ud800b", "destination": "x"}')
+    assert_error(r, 400, 'source "a\ufffdb" is invalid')

@@ -14,6 +14,7 @@ JSON ``null`` values dropped (Go leaves such fields at their zero value).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,22 @@ def _reject_constant(name: str) -> Any:
 
 _DECODER = json.JSONDecoder(parse_float=FloatLiteral, parse_constant=_reject_constant)
 _WS = b" \t\r\n"
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogates_replaced(value: Any) -> Any:
+    # Go's decoder reads a \uD800-\uDFFF escape that is not half of a pair as U+FFFD
+    # (Python's keeps the lone surrogate; a pair is joined by both).
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_lone_surrogates_replaced(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            _lone_surrogates_replaced(k): _lone_surrogates_replaced(v) for k, v in value.items()
+        }
+    return value
 
 
 def load_json(raw: bytes, *, empty_message: str = "missing request body") -> Any:
@@ -55,6 +72,8 @@ def load_json(raw: bytes, *, empty_message: str = "missing request body") -> Any
         value, _ = _DECODER.raw_decode(text)
     except (ValueError, RecursionError):
         raise BodyError(go_syntax_error(stripped)) from None
+    if _SURROGATE_ESCAPE.search(text):
+        value = _lone_surrogates_replaced(value)
     return value
 
 

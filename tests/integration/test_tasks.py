@@ -418,6 +418,26 @@ def test_missing_template_field_is_a_400(svc):
     assert svc.infer("q", input={"query": "x"}).status_code == 200
 
 
+def test_an_input_with_lone_surrogates_reaches_ollama_as_their_escapes(svc):
+    # Sent as the escapes they came as, which Go reads as U+FFFD, as if the caller had asked
+    # Ollama itself (the branch's encoding raised on them: a 500).
+    r = svc.infer("fb", input="before \ud800 after \udfff")
+    assert r.status_code == 200, r.text
+
+
+def test_a_chunked_body_is_read_and_capped_like_one_with_a_length(svc):
+    body = json.dumps({"task": "fb", "input": "chunked " * 1000}).encode()
+    pieces = iter([body[:100], body[100:5000], body[5000:]])  # no Content-Length: chunked
+    r = requests.post(svc.url + "/v1/infer", data=pieces, timeout=30,
+                      headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    cap = 8 * 2**20  # LLM_INFER_MAX_INPUT_MB's default
+    big = iter([b'{"task": "fb", "input": "', b"x" * cap, b'"}'])
+    r = requests.post(svc.url + "/v1/infer", data=big, timeout=30,
+                      headers={"Content-Type": "application/json"})  # fmt: skip
+    assert r.status_code == 413 and "LLM_INFER_MAX_INPUT_MB" in r.json()["error"]
+
+
 def test_max_concurrent_answers_429_with_retry_after(svc):
     assert svc.reload(TASKS.replace("max_concurrent = 48", "max_concurrent = 1")).status_code == 200
     svc.emulator.script(PHI, content="held", ttft_seconds=1.5)
