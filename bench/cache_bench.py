@@ -30,10 +30,12 @@ from tests.service_harness import ServiceProcess
 RESULTS = Path(__file__).resolve().parent / "results" / "cache.json"
 MODEL = "llama3.2:latest"
 EMBED_MODEL = "nomic-embed-text"
+# Coalesced followers wait like any queued request (they count against max_queue): a queue of
+# 64 holds the 50 identical requests of the coalescing figure.
 LIMITS = """
 [defaults]
 max_concurrency = 4
-max_queue = 8
+max_queue = 64
 max_wait_seconds = 60
 """
 GENERATE = {"model": MODEL, "prompt": "hi", "stream": False, "options": {"temperature": 0}}

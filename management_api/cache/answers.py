@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from management_api.cache.embeddings import is_whole_answer
 from management_api.cache.policy import JSON, NDJSON, SSE, SSE_USAGE
 from management_api.proxy.answer_usage import answer_usage
 
@@ -125,7 +126,9 @@ def finish_reason(kind: str, shape: str, body: bytes) -> str | None:
             payloads = _sse_payloads(body)
         reasons = _finish_reasons(payloads) if payloads is not None else []
         return str(reasons[0]) if len(reasons) == 1 else None
-    if kind in ("embed", "embeddings", "openai_embeddings"):
+    if kind == "embed":  # checked where it lies: a batch's answer can be megabytes
+        return "stop" if is_whole_answer(body) else None
+    if kind in ("embeddings", "openai_embeddings"):
         lines = _json_lines(body)
         if lines is None or len(lines) != 1:
             return None

@@ -25,7 +25,13 @@ from typing import Any, Protocol
 
 from management_api import errors, names
 from management_api.cache.answers import Answer, answer_tokens, finish_reason, render, tokens_of
-from management_api.cache.embeddings import EmbedItem, compose_answer, split_answer
+from management_api.cache.embeddings import (
+    AnswerSplitter,
+    EmbedItem,
+    compose_answer,
+    in_blocks,
+    split_answer,
+)
 from management_api.cache.policy import (
     INFER_ROUTE,
     JSON,
@@ -603,11 +609,11 @@ class ResponseCache:
     def _keep(self, plan: Plan, content_type: str, body: bytes) -> Answer | None:
         """Store a relayed answer; return it when waiting requests may share it."""
         kind = plan.intent.kind
+        if plan.items is not None:  # the split checks the answer as a whole: no second pass
+            self._keep_items(plan, list(plan.items), body)
+            return None
         reason = finish_reason(kind, plan.shape, body)
         if reason is None:
-            return None
-        if plan.items is not None:
-            self._keep_items(plan, list(plan.items), body)
             return None
         answer = Answer(kind, {plan.shape: body}, {plan.shape: content_type})
         if reason == "stop":
@@ -636,15 +642,18 @@ class ResponseCache:
         model = str(plan.payload.get("model"))
         if len(found) == len(plan.items):
             items = [found[i] for i in range(len(plan.items))]
-            body = compose_answer(
+            tokens = sum(item.tokens for item in items)
+            pieces = compose_answer(
                 model,
                 items,
                 total_duration=max(item.total_duration for item in items),
                 load_duration=max(item.load_duration for item in items),
-                prompt_eval_count=sum(item.tokens for item in items),
+                prompt_eval_count=tokens,
             )
-            return self._served(plan, request, started,
-                                ("application/json; charset=utf-8", [body]), HIT)  # fmt: skip
+            served = self._served(plan, request, started,
+                                  ("application/json; charset=utf-8", pieces), HIT,
+                                  saved_tokens=tokens)  # fmt: skip
+            return dataclasses.replace(served, body=in_blocks(pieces))
         return self._embed_misses(plan, request, upstream, found, model)
 
     def _embed_misses(
@@ -667,10 +676,11 @@ class ResponseCache:
         self._count(plan, MISS)
         if response.status != 200:
             return _with_header(response, MISS)
-        chunks: list[bytes] = []
+        # Split as it arrives: each vector is copied out once whole, the answer is not held twice.
+        splitter = AnswerSplitter()
         try:
             for chunk in response.body:
-                chunks.append(chunk)
+                splitter.feed(chunk)
         finally:
             close = getattr(response.body, "close", None)
             if close is not None:
@@ -679,43 +689,29 @@ class ResponseCache:
             if request.watch.gone():
                 raise ClientGone()
             raise errors.UpstreamError("the connection to Ollama failed mid-answer")
-        try:
-            answer = json.loads(b"".join(chunks))
-        except ValueError:
-            answer = None
-        fetched = split_answer(missing, answer) if isinstance(answer, dict) else None
-        if fetched is None:
+        split = split_answer(missing, splitter)
+        if split is None:
             raise errors.UpstreamError("Ollama sent an embedding answer that does not fit")
+        fetched, fields = split
         self._store_items(plan, fetched)
         items = [found.get(i) or fetched[text] for i, text in enumerate(plan.items)]
-        upstream_tokens = answer.get("prompt_eval_count")
+        upstream_tokens = fields.get("prompt_eval_count")
         tokens = upstream_tokens if isinstance(upstream_tokens, int) else 0
         out = compose_answer(
             model,
             items,
-            total_duration=int(answer.get("total_duration") or 0),
-            load_duration=int(answer.get("load_duration") or 0),
+            total_duration=_whole(fields.get("total_duration")),
+            load_duration=_whole(fields.get("load_duration")),
             prompt_eval_count=tokens + sum(item.tokens for item in found.values()),
         )
         headers = [(n, v) for n, v in response.headers if n.lower() != "content-length"]
-        headers += [("Content-Length", str(len(out))), (HEADER, MISS)]
-        return ForwardedResponse(status=200, headers=headers, body=[out])
+        headers += [("Content-Length", str(sum(map(len, out)))), (HEADER, MISS)]
+        return ForwardedResponse(status=200, headers=headers, body=in_blocks(out))
 
     def _keep_items(self, plan: Plan, texts: list[str], body: bytes) -> None:
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            return
-        unique = list(dict.fromkeys(texts))
-        if isinstance(answer, dict) and len(unique) != len(texts):
-            vectors = answer.get("embeddings")
-            if not isinstance(vectors, list) or len(vectors) != len(texts):
-                return
-            first = {text: vectors[texts.index(text)] for text in unique}
-            answer = {**answer, "embeddings": [first[t] for t in unique]}
-        items = split_answer(unique, answer) if isinstance(answer, dict) else None
-        if items is not None:
-            self._store_items(plan, items)
+        split = split_answer(texts, body)
+        if split is not None:
+            self._store_items(plan, split[0])
 
     def _store_items(self, plan: Plan, items: dict[str, EmbedItem]) -> None:
         assert plan.items is not None and plan.digest is not None
@@ -782,6 +778,13 @@ class ResponseCache:
 
 
 _ROUTE_OF_KIND = {kind: path for path, kind in INFERENCE_ROUTES.items()}
+
+
+def _whole(value: Any) -> int:
+    """A duration of Ollama's answer as a whole number (0 when it is none)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return 0
+    return int(value) if abs(value) < 2**63 else 0
 
 
 def request_route(plan: Plan) -> str:

@@ -1,5 +1,5 @@
 """Memory proportional to what a request brings, once (issue 29): the worker's peak (VmHWM)
-for a large /v1/infer.
+for a large /v1/infer, a partial embedding hit, and recordings that count against the cache cap.
 
 Each case starts a service of its own, so the worker's peak is the case's.
 """
@@ -7,6 +7,8 @@ Each case starts a service of its own, so the worker's peak is the case's.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,3 +103,92 @@ def test_infer_has_its_own_input_cap_and_memory_does_not_grow_per_model(fake, tm
     # template's parts (never rendered whole) and shared by the branches, and Ollama's
     # `context` (one number per prompt token) is skipped as it arrives.
     assert max(one, four, plain) <= 3 * size, (one, four, plain)
+
+
+EMBED_MODEL = "nomic-embed-text:latest"
+
+
+def _embed_peak_growth(fake: FakeOllama, folder: Path, stored: int, asked: int) -> tuple[int, int]:
+    """How much a fresh worker's peak grows for one /api/embed of `asked` inputs of which the
+    first `stored` were embedded (and cached) before; and the answer's size."""
+    limits = "[defaults]\nmax_concurrency = 2\nmax_queue = 8\n"
+    env = _own_service_env(fake, folder, limits, LLM_CACHE_MAX_MB="256")
+    texts = [f"chunk {i} of a long manual, indexed for retrieval" for i in range(asked)]
+    with ServiceProcess(env=env) as service:
+        worker = _worker_pid(service.process.pid)
+
+        def embed(inputs: list[str]) -> requests.Response:
+            return requests.post(service.proxy_url + "/api/embed", timeout=120,
+                                 json={"model": EMBED_MODEL, "input": inputs})  # fmt: skip
+
+        assert embed(["warm", "up"]).status_code == 200
+        if stored:
+            first = embed(texts[:stored])
+            assert first.status_code == 200 and first.headers["X-Cache"] == "MISS"
+        before = _vm_hwm_bytes(worker)
+        answer = embed(texts)
+        grown = _vm_hwm_bytes(worker) - before
+        assert answer.status_code == 200, answer.text[:300]
+        assert answer.headers["X-Cache"] == "MISS"
+        direct = requests.post(fake.url + "/api/embed", timeout=120,
+                               json={"model": EMBED_MODEL, "input": texts})  # fmt: skip
+        assert answer.json()["embeddings"] == direct.json()["embeddings"]
+    return grown, len(answer.content)
+
+
+def test_a_partial_embedding_hit_holds_the_answer_once(fake, tmp_path):
+    """A RAG batch of which a few inputs were embedded before: the rest is fetched, split as
+    it arrives and sent as pieces of the stored vectors (it was parsed into a float object per
+    number, re-encoded and joined: a 27 MB answer added 183 MB to the peak). The same batch as
+    a plain miss is recorded: the answer is checked and split where it lies, not parsed."""
+    partial, size = _embed_peak_growth(fake, tmp_path / "partial", 100, 1800)
+    miss, _ = _embed_peak_growth(fake, tmp_path / "miss", 0, 1800)
+    print(f"worker peak grew {partial / 2**20:.0f} MB (partial hit), {miss / 2**20:.0f} MB "
+          f"(plain miss) for a {size / 2**20:.1f} MB answer")  # fmt: skip
+    # Measured 13-16 MB for a 15 MB answer: the fetched vectors, once; and 32 MB as a plain
+    # miss, which the recording holds whole before splitting it (86 MB while it was parsed).
+    assert partial < 2 * size, (partial, size)
+    assert miss <= 3 * size, (miss, size)
+
+
+def test_recordings_in_flight_count_against_the_cache_cap(fake, tmp_path):
+    """Eight long answers recorded at once into a 1 MB cache (each under the per-recording
+    quarter): what the recordings hold counts against the cap with what is stored, each
+    client gets its whole answer, and every reserved byte is given back."""
+    model = "gemma3:4b"
+    fake.set_model(model, ttft_seconds=0.2, tokens=1500, tokens_per_second=1500)
+    limits = "[defaults]\nmax_concurrency = 8\nmax_queue = 8\n"
+    env = _own_service_env(fake, tmp_path, limits, LLM_CACHE_MAX_MB="1")
+    with ServiceProcess(env=env) as service:
+        cache_url = service.management_url + "/api/cache"
+        answers: dict[int, bytes] = {}
+
+        def ask(i: int) -> None:
+            body = {"model": model, "prompt": f"story {i}", "options": {"temperature": 0}}
+            with requests.post(service.proxy_url + "/api/generate", json=body, stream=True,
+                               timeout=60) as response:  # fmt: skip
+                assert response.headers["X-Cache"] == "MISS"
+                answers[i] = b"".join(response.iter_content(None))
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        peak_recording = 0
+        while any(t.is_alive() for t in threads):
+            state = requests.get(cache_url, timeout=5).json()
+            assert state["recording_bytes"] + state["bytes"] <= state["max_bytes"], state
+            peak_recording = max(peak_recording, state["recording_bytes"])
+            time.sleep(0.02)
+        for thread in threads:
+            thread.join()
+        sizes = sorted(len(a) for a in answers.values())
+        assert len(answers) == 8
+        assert all(json.loads(a.splitlines()[-1])["done"] for a in answers.values())
+        state = requests.get(cache_url, timeout=5).json()
+        print(f"answers {sizes[0]}-{sizes[-1]} bytes; recordings held at most {peak_recording} "
+              f"bytes of {state['max_bytes']}; {state['entries']} of 8 stored")  # fmt: skip
+        assert 3 * sizes[0] < state["max_bytes"] // 4 * 4 < sum(sizes)  # not all fit at once
+        assert max(sizes) < state["max_bytes"] // 4  # each could be recorded on its own
+        assert peak_recording > state["max_bytes"] // 4  # several were counted at once
+        assert state["recording_bytes"] == 0  # every reserved byte given back
+        assert 1 <= state["entries"] < 8

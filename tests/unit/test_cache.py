@@ -10,7 +10,12 @@ import pytest
 from management_api.bodies import LossyObject, go_object
 from management_api.cache import policy
 from management_api.cache.answers import Answer, finish_reason, render
-from management_api.cache.embeddings import compose_answer, split_answer, token_shares
+from management_api.cache.embeddings import (
+    AnswerSplitter,
+    compose_answer,
+    split_answer,
+    token_shares,
+)
 from management_api.cache.service import ResponseCache
 from management_api.cache.store import ENTRY_OVERHEAD_BYTES, LruStore
 from management_api.proxy.inference import classify
@@ -319,14 +324,77 @@ def test_token_shares_add_up():
 def test_split_and_compose_keep_order_and_values():
     answer = {"model": "e", "embeddings": [[0.5, -0.25], [1e-05, 0.0]], "total_duration": 9,
               "load_duration": 2, "prompt_eval_count": 6}  # fmt: skip
-    items = split_answer(["x", "y"], answer)
-    assert items is not None
-    body = json.loads(compose_answer("e", [items["y"], items["x"]], total_duration=9,
-                                     load_duration=2, prompt_eval_count=6))  # fmt: skip
+    raw = json.dumps(answer, separators=(",", ":")).encode()
+    split = split_answer(["x", "y"], raw)
+    assert split is not None
+    items, fields = split
+    assert fields == {"model": "e", "total_duration": 9, "load_duration": 2,
+                      "prompt_eval_count": 6}  # fmt: skip
+    assert items["y"].vector == b"[1e-05,0.0]"  # the bytes Ollama sent, not re-encoded
+    pieces = compose_answer("e", [items["y"], items["x"]], total_duration=9, load_duration=2,
+                            prompt_eval_count=6)  # fmt: skip
+    assert any(piece is items["y"].vector for piece in pieces)  # shared, not copied
+    body = json.loads(b"".join(pieces))
     assert body["embeddings"] == [[1e-05, 0.0], [0.5, -0.25]]
     assert list(body) == ["model", "embeddings", "total_duration", "load_duration",
                           "prompt_eval_count"]  # fmt: skip
-    assert split_answer(["x"], answer) is None  # counts differ: not split
+    assert split_answer(["x"], raw) is None  # counts differ: not split
+
+
+def test_a_repeated_input_keeps_its_first_vector_and_the_counts_split_over_distinct_ones():
+    raw = b'{"model":"e","embeddings":[[1],[2],[3]],"prompt_eval_count":10}'
+    items, _ = split_answer(["a", "b", "a"], raw)
+    assert items["a"].vector == b"[1]" and items["b"].vector == b"[2]"
+    assert items["a"].tokens + items["b"].tokens == 10
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model": "embeddings", "embeddings" : [ [1, 2.5e-3] , [-3] ], "total_duration": 1}',
+        b'{"embeddings":[[0.1],[0.2]],"model":"e"}',
+    ],
+)
+def test_vectors_are_found_whatever_the_spacing_and_a_value_spelled_like_the_key(raw):
+    split = split_answer(["a", "b"], raw)
+    assert split is not None
+    assert [json.loads(i.vector) for i in split[0].values()] == json.loads(raw)["embeddings"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"model":"e","embeddings":[[1,"x"],[2]]}',  # not a number
+        b'{"model":"e","embeddings":[[1,[2]],[3]]}',  # nested
+        b'{"model":"e","embeddings":[[1,true],[2]]}',
+        b'{"model":"e","embeddings":[[1],[2]]',  # cut short
+        b'{"model":"e","embeddings":[[1],[2],]}',
+        b'{"model":"e","embeddings":[[1] [2]]}',
+        b'{"model":"e","embeddings":[[1,2.3.4],[2]]}',
+        b'{"model":"e","embeddings":{"a":[1]}}',
+        b'{"model":"e","embeddings":[[1],[2]],"embeddings":[[3],[4]]}',
+        b'{"model":"e"}',
+        b"[[1],[2]]",
+    ],
+)
+def test_an_answer_of_another_shape_is_not_split(raw):
+    assert split_answer(["a", "b"], raw) is None
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 13, 64, 10**6])
+def test_an_answer_is_split_the_same_whatever_pieces_it_arrives_in(step):
+    vectors = [[i / 7, -i * 1e-05, i] for i in range(40)]
+    answer = {"model": "embeddings", "embeddings": vectors, "total_duration": 5,
+              "load_duration": 1, "prompt_eval_count": 40}  # fmt: skip
+    raw = json.dumps(answer).encode()  # with spaces, as a stranger might write it
+    splitter = AnswerSplitter()
+    for at in range(0, len(raw), step):
+        splitter.feed(raw[at : at + step])
+    texts = [f"t{i}" for i in range(40)]
+    items, fields = split_answer(texts, splitter)
+    assert [json.loads(items[t].vector) for t in texts] == vectors
+    assert fields["model"] == "embeddings" and fields["prompt_eval_count"] == 40
+    assert sum(item.tokens for item in items.values()) == 40
 
 
 def test_the_recorder_stores_a_finished_answer_before_its_last_chunk_goes_out():
