@@ -145,6 +145,7 @@ def test_probe_answers_under_slowloris_and_heads_are_bounded(service):
     with slowloris(service.management_port, THREADS * 3) as socks:
         time.sleep(0.5)
         took = probe_latencies(service.management_url, 15)
+        print(f"probe p99 {p99(took) * 1000:.1f} ms beside {len(socks)} slowloris sockets")
         assert p99(took) < 1.0, took
         # Still trickling, yet closed: nobody sent a whole head within the bound.
         waited = _wait(lambda: all(_closed_by_server(s) for s in socks), HEADER_TIMEOUT + 3)
@@ -183,6 +184,7 @@ def test_probe_answers_with_every_queue_full_and_streams_held(service, fake):
         thread.start()
     time.sleep(1.0)
     took = probe_latencies(service.management_url, 15)
+    print(f"probe p99 {p99(took) * 1000:.1f} ms with every queue full, {len(threads)} streams")
     assert p99(took) < 1.0, took
     for thread in threads:
         thread.join(60)
