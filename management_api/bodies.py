@@ -66,26 +66,20 @@ def loads_bounded(raw: bytes, max_depth: int = MAX_DEPTH) -> Any:
 
 
 def read_buffer(stream: BinaryIO, length: int | None, limit: int) -> bytearray:
-    """The request body in one buffer allocated once. Werkzeug's read gathers the pieces and
-    copies them into one bytes object: twice the body at its peak. ``length`` is the
-    Content-Length; without one (chunked), the body is read to its end or one byte past
-    ``limit``, so the caller can refuse it."""
-    if length is None:
-        buffer = bytearray()
-        while len(buffer) <= limit:
-            piece = stream.read(READ_CHUNK)
-            if not piece:
-                break
-            buffer += piece
-        return buffer
-    buffer = bytearray(length)
-    filled = 0
-    with memoryview(buffer) as view:
-        while filled < length:
-            got = stream.readinto(view[filled : filled + READ_CHUNK])  # type: ignore[attr-defined]
-            if not got:
+    """The request body in one buffer that grows in place as its bytes arrive (Werkzeug's read
+    gathers the pieces, then copies them into one bytes object: twice the body at its peak).
+    Never allocated ahead of the bytes: a client that announces 8 MB and sends nothing holds
+    nothing. ``length`` is the Content-Length; without one (chunked), the body is read to its
+    end or one byte past ``limit``, so the caller can refuse it."""
+    wanted = limit + 1 if length is None else length
+    buffer = bytearray()
+    while len(buffer) < wanted:
+        piece = stream.read(min(READ_CHUNK, wanted - len(buffer)))
+        if not piece:
+            if length is not None:
                 raise errors.BadRequest("the body ended before its Content-Length")
-            filled += got
+            break
+        buffer += piece
     return buffer
 
 

@@ -7,6 +7,7 @@ Each case starts a service of its own, so the worker's peak is the case's.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -31,11 +32,15 @@ def _worker_pid(master: int) -> int:
     return int(children[0])
 
 
-def _vm_hwm_bytes(pid: int) -> int:
+def _vm_bytes(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+    raise AssertionError(f"no {field}")
+
+
+def _vm_hwm_bytes(pid: int) -> int:
+    return _vm_bytes(pid, "VmHWM")
 
 
 def _own_service_env(fake: FakeOllama, folder: Path, limits: str, **extra: str) -> dict[str, str]:
@@ -192,3 +197,37 @@ def test_recordings_in_flight_count_against_the_cache_cap(fake, tmp_path):
         assert peak_recording > state["max_bytes"] // 4  # several were counted at once
         assert state["recording_bytes"] == 0  # every reserved byte given back
         assert 1 <= state["entries"] < 8
+
+
+def test_an_announced_body_is_not_held_before_it_arrives(fake, tmp_path):
+    """Sixteen clients announce an 8 MB /v1/infer body and send a few bytes of it: the worker
+    holds what arrived, not what was announced (a buffer of the announced size would be
+    128 MB)."""
+    limits = "[defaults]\nmax_concurrency = 1\nmax_queue = 8\n"
+    env = _own_service_env(fake, tmp_path, limits, LLM_INFER_MAX_INPUT_MB="8")
+    with ServiceProcess(env=env) as service:
+        worker = _worker_pid(service.process.pid)
+        warm = requests.post(service.management_url + "/v1/infer", timeout=30,
+                             json={"task": "enrich_metadata", "input": "warm up"})  # fmt: skip
+        assert warm.status_code in (200, 502), warm.text
+        before = _vm_bytes(worker, "VmRSS")
+        head = (
+            b"POST /v1/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: %d\r\n\r\n{"task": "enrich_metadata", "input": "'
+        )
+        socks = []
+        try:
+            for _ in range(16):
+                sock = socket.create_connection(("127.0.0.1", service.management_port), 5)
+                sock.sendall(head % (8 * 2**20 - 100))
+                socks.append(sock)
+            time.sleep(1.0)
+            grown = _vm_bytes(worker, "VmRSS") - before
+        finally:
+            for sock in socks:
+                sock.close()
+        print(f"16 announced 8 MB bodies: the worker's RSS grew {grown / 2**20:.1f} MB")
+        assert grown < 16 * 2**20, grown
+        again = requests.post(service.management_url + "/v1/infer", timeout=30,
+                              json={"task": "enrich_metadata", "input": "after"})  # fmt: skip
+        assert again.status_code in (200, 502), again.text

@@ -44,13 +44,16 @@ class Chunks(io.RawIOBase):
         piece = self._data[self._at : self._at + min(self._step, len(b))]
         b[: len(piece)] = piece
         self._at += len(piece)
+        self.asked = max(getattr(self, "asked", 0), len(b))
         return len(piece)
 
 
-def test_a_body_is_read_into_one_buffer_of_its_length():
-    body = json.dumps({"input": "é" * 1000}).encode()
-    buffer = read_buffer(Chunks(body), len(body), limit=10**6)
+def test_a_body_is_read_into_one_buffer_a_piece_at_a_time():
+    body = json.dumps({"input": "é" * 100000}).encode()
+    stream = Chunks(body, step=5000)
+    buffer = read_buffer(stream, len(body), limit=10**6)
     assert isinstance(buffer, bytearray) and buffer == body
+    assert stream.asked <= 2**16  # never asked (nor held) ahead of what arrives
 
 
 def test_a_body_shorter_than_its_length_is_400():
