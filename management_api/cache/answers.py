@@ -20,6 +20,7 @@ from typing import Any
 
 from management_api.cache.embeddings import is_whole_answer
 from management_api.cache.policy import JSON, NDJSON, SSE, SSE_USAGE
+from management_api.proxy.answer_lines import without_context
 from management_api.proxy.answer_usage import answer_usage
 
 NATIVE_JSON_TYPE = "application/json; charset=utf-8"
@@ -65,8 +66,15 @@ class Answer:
 
 
 def _json_lines(body: bytes) -> list[dict[str, Any]] | None:
+    """Every line of an answer, parsed without generate's `context` (a Python int per prompt
+    token: a long prompt's answer would cost several times its size to check)."""
     lines = []
-    for raw in body.split(b"\n"):
+    start = 0
+    while start <= len(body):
+        end = body.find(b"\n", start)
+        end = len(body) if end < 0 else end
+        raw = without_context(body, start, end)
+        start = end + 1
         if not raw.strip():
             continue
         try:

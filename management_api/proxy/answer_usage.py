@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from management_api.proxy.answer_lines import last_object
+
 _NS = 1e9
 
 
@@ -26,20 +28,17 @@ class AnswerUsage:
 NOTHING = AnswerUsage()
 
 
-def answer_usage(tail: bytes) -> AnswerUsage:
-    """The usage in the last JSON line of ``tail`` (NDJSON, SSE ``data:`` lines or one JSON)."""
-    for line in reversed(tail.strip().splitlines()):
-        line = line.strip()
-        if line.startswith(b"data: "):
-            line = line[6:]
-        if not line.startswith(b"{"):
-            continue
-        try:
-            payload = json.loads(line)
-        except ValueError:
-            return NOTHING
-        return usage_of(payload) if isinstance(payload, dict) else NOTHING
-    return NOTHING
+def answer_usage(tail: bytes | bytearray) -> AnswerUsage:
+    """The usage in the last JSON line of ``tail`` (NDJSON, SSE ``data:`` lines or one JSON;
+    a whole answer or its last bytes), read without generate's ``context``."""
+    line = last_object(tail)
+    if line is None:
+        return NOTHING
+    try:
+        payload = json.loads(line)
+    except ValueError:
+        return NOTHING
+    return usage_of(payload) if isinstance(payload, dict) else NOTHING
 
 
 def usage_of(payload: dict[str, Any]) -> AnswerUsage:

@@ -26,6 +26,7 @@ the request body has been sent.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -44,6 +45,8 @@ from urllib.parse import urlsplit
 
 from management_api.proxy.socket_watch import GONE, PENDING, SocketWatcher, peer_state
 from management_api.proxy.upstream_response import ProtocolError, UpstreamResponse
+
+TAIL_BYTES = 65536  # how much of an answer's end is kept for its token counts
 
 log = logging.getLogger(__name__)
 
@@ -544,7 +547,11 @@ class ProxiedBody:
         self.outcome = "incomplete"  # completed | client_gone | idle_timeout | upstream_error
         self.first_chunk_at: float | None = None
         self.bytes_sent = 0
-        self.last_chunk = b""
+        # The answer's last bytes (its final line carries the token counts, for the access
+        # log, usage and fair share): the chunks since the last line ended, at most TAIL_BYTES.
+        self._tail: collections.deque[bytes] = collections.deque()
+        self._tail_bytes = 0
+        self._line_open = False
         self.closed_at: float | None = None
         self.released_after = 0.0  # seconds from close() until Ollama had let go
         self.release_timed_out = False
@@ -605,9 +612,21 @@ class ProxiedBody:
         if self.first_chunk_at is None:
             self.first_chunk_at = time.monotonic()
         self.bytes_sent += len(chunk)
-        # Keep the tail only: the final NDJSON line carries the token counts for the access log.
-        self.last_chunk = chunk if len(chunk) < 65536 else chunk[-65536:]
+        if not self._line_open:  # a new line begins: what came before is not the final one
+            self._tail.clear()
+            self._tail_bytes = 0
+        self._tail.append(chunk)
+        self._tail_bytes += len(chunk)
+        while self._tail_bytes - len(self._tail[0]) >= TAIL_BYTES:
+            self._tail_bytes -= len(self._tail.popleft())
+        self._line_open = not chunk.endswith(b"\n")
         return chunk
+
+    @property
+    def last_chunk(self) -> bytes:
+        """The answer's last bytes, at most TAIL_BYTES: its final line, or that line's end
+        when it is longer (a split line is joined back; answer_usage reads either)."""
+        return b"".join(self._tail)[-TAIL_BYTES:]
 
     def _give_up(self, outcome: str, message: str | None = None) -> Iterator[bytes]:
         """Stop relaying (``close()`` lets go of upstream) and, for a stream, send one

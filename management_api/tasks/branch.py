@@ -18,6 +18,7 @@ from typing import Any
 
 from management_api import errors
 from management_api.bodies import string_pieces
+from management_api.proxy.answer_lines import LineReader
 from management_api.proxy.gateway import Admission, ClientRequest, Gateway
 from management_api.proxy.priority import DEFAULT_POLICY, CallerPolicy
 from management_api.proxy.priority import HEADER as PRIORITY_HEADER
@@ -374,51 +375,3 @@ def _judge_output(branch: Branch) -> None:
         return
     branch.valid = True
     branch.status = "answered"  # won or lost once the strategy decided
-
-
-class LineReader:
-    """Ollama's NDJSON stream as complete lines, without the ``context`` array of its last
-    line: one number per prompt token (megabytes for a long prompt), which a branch never
-    uses. The array is dropped as it arrives, so that line is never held whole.
-
-    A key is matched only where a key can start (after ``,`` or ``{`` outside a string: a
-    quote inside a string is escaped), and the array holds only numbers, so ``]`` ends it."""
-
-    _KEYS = (b',"context":[', b'{"context":[')
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()  # grows in place: no copy of the whole line per piece
-        self._skipping = False  # inside the array
-        self._drop_comma = False  # the array was the first field: the comma after it goes
-
-    def feed(self, piece: bytes) -> list[bytearray]:
-        data = piece
-        while data:
-            if self._skipping:
-                end = data.find(b"]")
-                if end < 0:
-                    break
-                data, self._skipping = data[end + 1 :], False
-            if self._drop_comma and data:
-                data, self._drop_comma = (data[1:] if data[:1] == b"," else data), False
-            if not data:
-                break
-            # Look again at the last bytes already held: a key may arrive split in two.
-            scan = max(0, len(self._buffer) - len(self._KEYS[0]) + 1)
-            self._buffer += data
-            data = b""
-            found = [(at, key) for key in self._KEYS if (at := self._buffer.find(key, scan)) >= 0]
-            if found:
-                at, key = min(found)
-                data = bytes(self._buffer[at + len(key) :])
-                del self._buffer[at:]
-                if key[:1] == b"{":
-                    self._buffer += b"{"
-                    self._drop_comma = True
-                self._skipping = True
-        end = self._buffer.rfind(b"\n")
-        if end < 0:
-            return []
-        lines = self._buffer[:end].split(b"\n")
-        del self._buffer[: end + 1]
-        return lines

@@ -186,6 +186,37 @@ def test_usage_equals_the_access_log_and_survives_a_restart(emulator, folder):
         assert again["totals"]["requests"] == 8
 
 
+def test_long_prompts_and_large_batches_are_counted(emulator, folder, tmp_path):
+    """Answers whose last line outgrows the 64 KB tail kept for the counts: a generate with a
+    72,000-token prompt (its `context` is as long) and a 20-input embedding batch (178 KB).
+    They counted 0 tokens and 0 GPU-seconds, and so cost their callers nothing in fair share."""
+    env = {**_env(emulator, folder), "LLM_STATE_DIR": str(tmp_path), "LLM_CACHE_MAX_MB": "0"}
+    prompt = " ".join(f"word{i}" for i in range(30000))
+    with ServiceProcess(env=env) as process:
+        expected = {"prompt_tokens": 0, "completion_tokens": 0}
+        for stream in (False, True):
+            body = {"model": LLAMA, "prompt": prompt, "stream": stream}
+            answer = requests.post(process.proxy_url + "/api/generate", json=body, timeout=60)
+            assert answer.status_code == 200, answer.text[:300]
+            last = json.loads(answer.content.strip().splitlines()[-1])
+            assert len(answer.content.strip().splitlines()[-1]) > 65536
+            expected["prompt_tokens"] += last["prompt_eval_count"]
+            expected["completion_tokens"] += last["eval_count"]
+        batch = requests.post(process.proxy_url + "/api/embed", timeout=60,
+                              json={"model": "nomic-embed-text",
+                                    "input": [f"text {i}" for i in range(20)]})  # fmt: skip
+        assert batch.status_code == 200 and len(batch.content) > 65536
+        _wait_for_line(process, 3)
+        rows = {row["model"]: row for row in _usage(process.management_url,
+                                                    group_by="model")["groups"]}  # fmt: skip
+        assert rows[LLAMA]["prompt_tokens"] == expected["prompt_tokens"] > 140000
+        assert rows[LLAMA]["completion_tokens"] == expected["completion_tokens"]
+        assert rows[LLAMA]["gpu_seconds"] > 0
+        embed = rows["nomic-embed-text:latest"]
+        assert embed["prompt_tokens"] == batch.json()["prompt_eval_count"] > 0
+        assert embed["gpu_seconds"] > 0
+
+
 def test_bad_parameters_are_refused_naming_them(emulator, folder, tmp_path):
     env = {**_env(emulator, folder), "LLM_STATE_DIR": str(tmp_path)}
     with ServiceProcess(env=env) as process:

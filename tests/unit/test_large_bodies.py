@@ -18,7 +18,8 @@ from management_api.bodies import (
     string_pieces,
 )
 from management_api.cache.policy import _canonical, task_key
-from management_api.tasks.branch import Branch, LineReader, body_parts, encode_prompt
+from management_api.proxy.answer_lines import LineReader
+from management_api.tasks.branch import Branch, body_parts, encode_prompt
 from management_api.tasks.config import Template, TemplateError, input_fields
 
 ODD_TEXTS = [
