@@ -20,6 +20,7 @@ from flask.typing import ResponseReturnValue
 from management_api import __version__, errors, names
 from management_api.bodies import loads_bounded
 from management_api.ollama import OllamaError
+from management_api.proxy.answer_lines import LineReader, without_context
 from management_api.proxy.gateway import ClientRequest, ForwardedResponse
 from management_api.proxy.priority import DEFAULT_POLICY
 from management_api.proxy.transport import CLIENT_CLOSED_STATUS, ClientGone, ClientWatch
@@ -158,7 +159,7 @@ def llm(target: str) -> ResponseReturnValue:
     if forwarded.status >= 400:
         raise _upstream_error(forwarded.status, raw, model)
     try:
-        result = json.loads(raw)
+        result = json.loads(without_context(raw))  # not a Python int per prompt token
     except ValueError:
         raise errors.UpstreamError("Ollama sent a response that is not JSON") from None
     if "error" in result:
@@ -249,14 +250,12 @@ def _translate(
     forwarded: ForwardedResponse, model: str, started: float, queue_wait: float
 ) -> Iterator[bytes]:
     """Ollama NDJSON → Hermes SSE: chunk events, then one done event with the stats."""
-    buffer = b""
+    reader = LineReader()  # the last line's `context` (a number per prompt token) is dropped
     finished = False
     for piece in forwarded.body:  # read to the end, so the exchange counts as completed
         if finished:
             continue
-        buffer += piece
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
+        for line in reader.feed(piece):
             event, terminal = _event_for_line(line, model, started, queue_wait)
             if event is not None:
                 yield event
@@ -269,7 +268,7 @@ def _translate(
 
 
 def _event_for_line(
-    line: bytes, model: str, started: float, queue_wait: float
+    line: bytes | bytearray, model: str, started: float, queue_wait: float
 ) -> tuple[bytes | None, bool]:
     """The SSE event for one NDJSON line, and whether it ends the stream."""
     if not line.strip():

@@ -44,6 +44,25 @@ def test_stream_sends_chunks_then_done(service, emulator):
     assert events[-1]["done"] is True and events[-1]["eval_count"] == len(events) - 1
 
 
+def test_a_long_prompt_answers_with_its_counts(service, emulator):
+    # Ollama's last line then carries a `context` of 72,000 numbers: read without them.
+    prompt = " ".join(f"word{i}" for i in range(30000))
+    body = {"model": MODEL, "prompt": prompt, "stream": False}
+    direct = requests.post(emulator.url + "/api/generate", json=body, timeout=30).json()
+    assert len(direct["context"]) > 60000
+    whole = requests.post(service.management + f"/v1/llm/{MODEL}", json={"prompt": prompt},
+                          timeout=30)  # fmt: skip
+    assert whole.status_code == 200, whole.text[:300]
+    assert whole.json()["result"] == direct["response"]
+    assert whole.json()["prompt_eval_count"] == direct["prompt_eval_count"]
+    stream = requests.post(service.management + f"/v1/llm/{MODEL}/stream",
+                           json={"prompt": prompt}, timeout=30)  # fmt: skip
+    events = sse_events(stream.text)
+    assert "".join(e["chunk"] for e in events[:-1]) == direct["response"]
+    assert events[-1]["done"] is True
+    assert events[-1]["prompt_eval_count"] == direct["prompt_eval_count"]
+
+
 def test_validation_and_unknown_model_errors_have_real_statuses(service):
     url = service.management + "/v1/llm/"
     bad = requests.post(url + MODEL, json={"prompt": ""}, timeout=5)
