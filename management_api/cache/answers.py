@@ -65,15 +65,16 @@ class Answer:
 # --- capture: is a relayed body a complete answer that ended with "stop"?
 
 
-def _json_lines(body: bytes) -> list[dict[str, Any]] | None:
-    """Every line of an answer, parsed without generate's `context` (a Python int per prompt
-    token: a long prompt's answer would cost several times its size to check)."""
+def _json_lines(body: bytes, *, drop_context: bool = False) -> list[dict[str, Any]] | None:
+    """Every line of an answer, parsed; with `drop_context`, without generate's `context` (a
+    Python int per prompt token: a long prompt's answer would cost several times its size to
+    check; an answer rendered in another shape keeps it, as Ollama would send it)."""
     lines = []
     start = 0
     while start <= len(body):
         end = body.find(b"\n", start)
         end = len(body) if end < 0 else end
-        raw = without_context(body, start, end)
+        raw = without_context(body, start, end) if drop_context else body[start:end]
         start = end + 1
         if not raw.strip():
             continue
@@ -120,7 +121,7 @@ def finish_reason(kind: str, shape: str, body: bytes) -> str | None:
     """Why a whole, error-free answer ended (``stop``, ``length``, …); None for a body that is
     cut, failed or not an answer at all. Embeddings that came back whole count as ``stop``."""
     if kind in ("generate", "chat"):
-        lines = _json_lines(body)
+        lines = _json_lines(body, drop_context=kind == "generate")  # done and its reason only
         if lines is None or (shape == JSON and len(lines) != 1):
             return None
         last = lines[-1]

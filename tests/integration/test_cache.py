@@ -140,6 +140,25 @@ def test_stream_and_non_stream_share_an_entry(svc, emulator):
     assert len(_upstream(emulator, "/api/chat")) == 2
 
 
+def test_a_generate_answer_in_the_other_shape_keeps_its_context(svc, emulator):
+    # The cache checks a recorded answer without parsing `context`; rendering it in the other
+    # shape keeps it, as Ollama sends it (clients continue a conversation with it).
+    def generate(prompt: str, stream: bool) -> requests.Response:
+        body = {"model": CHAT_MODEL, "prompt": prompt, "stream": stream,
+                "options": {"temperature": 0}}  # fmt: skip
+        return requests.post(svc.proxy_url + "/api/generate", json=body, timeout=30)
+
+    streamed = generate("Count to five.", True)
+    whole = generate("Count to five.", False)
+    assert (streamed.headers["X-Cache"], whole.headers["X-Cache"]) == ("MISS", "HIT")
+    final = json.loads(streamed.text.splitlines()[-1])
+    assert len(final["context"]) > 0 and whole.json()["context"] == final["context"]
+    stored = generate("Count to six.", False)
+    replayed = generate("Count to six.", True)
+    assert (stored.headers["X-Cache"], replayed.headers["X-Cache"]) == ("MISS", "HIT")
+    assert json.loads(replayed.text.splitlines()[-1])["context"] == stored.json()["context"]
+
+
 def test_openai_chat_is_cached_in_its_own_shape(svc, emulator):
     client = openai.OpenAI(base_url=svc.proxy_url + "/v1", api_key="unused", max_retries=0)
     messages = [{"role": "user", "content": "Say hello."}]
