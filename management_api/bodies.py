@@ -9,9 +9,9 @@ matches case-insensitively, and of several spellings of one field the last in th
 The proxy decides admission and the cache key on that reading, so it never judges a request on
 a field Ollama does not use (``"model"``) while Ollama runs another one (``"Model"``).
 
-Large bodies are held once (`read_buffer`, `loads_releasing`, `canonical_pieces`,
-`string_pieces`): a request's memory stays proportional to its body, never a multiple of it
-for each step that reads or re-encodes it.
+Large bodies are held once (`read_buffer`, `loads_releasing`, `json_text_pieces`,
+`canonical_pieces`, `string_pieces`): a request's memory stays proportional to its body, never
+a multiple of it for each step that reads or re-encodes it.
 """
 
 from __future__ import annotations
@@ -104,43 +104,59 @@ def _escape_lone_surrogates(error: UnicodeError) -> tuple[str, int]:
 codecs.register_error("llm_service.json_escape", _escape_lone_surrogates)
 
 
+def _escaped(text: str) -> Iterator[str]:
+    # Escaping is per character, so slices escaped one at a time join exactly.
+    for start in range(0, len(text), ESCAPE_SLICE):
+        yield json.dumps(text[start : start + ESCAPE_SLICE], ensure_ascii=False)[1:-1]
+
+
 def string_pieces(text: str, errors: str = "llm_service.json_escape") -> Iterator[bytes]:
     """The JSON escape of ``text`` (without its quotes) as UTF-8, as ``json.dumps`` with
     ``ensure_ascii=False`` writes it, in pieces of at most `ESCAPE_SLICE` characters: a long
-    string is never held escaped whole. Escaping is per character, so slices join exactly."""
-    for start in range(0, len(text), ESCAPE_SLICE):
-        escaped = json.dumps(text[start : start + ESCAPE_SLICE], ensure_ascii=False)
-        yield escaped[1:-1].encode("utf-8", errors)
+    string is never held escaped whole."""
+    for piece in _escaped(text):
+        yield piece.encode("utf-8", errors)
+
+
+def json_text_pieces(
+    value: Any, *, separators: tuple[str, str] = (", ", ": "), allow_nan: bool = True
+) -> Iterator[str]:
+    """``json.dumps(value, ensure_ascii=False, sort_keys=True, separators=separators,
+    allow_nan=allow_nan)`` in pieces, long strings a slice at a time: a large value is never
+    written out whole beside itself. ValueError for NaN or infinity without `allow_nan`,
+    TypeError for what JSON cannot hold, as ``json.dumps``."""
+    item_separator, key_separator = separators
+    if isinstance(value, str):
+        yield '"'
+        yield from _escaped(value)
+        yield '"'
+    elif isinstance(value, dict):
+        yield "{"
+        for index, key in enumerate(sorted(value)):
+            if not isinstance(key, str):
+                raise TypeError("an object has string keys only here")
+            yield item_separator + '"' if index else '"'
+            yield from _escaped(key)
+            yield '"' + key_separator
+            yield from json_text_pieces(value[key], separators=separators, allow_nan=allow_nan)
+        yield "}"
+    elif isinstance(value, list | tuple):
+        yield "["
+        for index, item in enumerate(value):
+            if index:
+                yield item_separator
+            yield from json_text_pieces(item, separators=separators, allow_nan=allow_nan)
+        yield "]"
+    else:
+        yield json.dumps(value, allow_nan=allow_nan)
 
 
 def canonical_pieces(value: Any) -> Iterator[bytes]:
     """``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-    allow_nan=False).encode("utf-8", "surrogatepass")`` in pieces (long strings a slice at a
-    time), for hashing a large body without a second and third copy of it. ValueError for
-    NaN or infinity, TypeError for what JSON cannot hold, as ``json.dumps``."""
-    if isinstance(value, str):
-        yield b'"'
-        yield from string_pieces(value, "surrogatepass")
-        yield b'"'
-    elif isinstance(value, dict):
-        yield b"{"
-        for index, key in enumerate(sorted(value)):
-            if not isinstance(key, str):
-                raise TypeError("a canonical object has string keys only")
-            yield b',"' if index else b'"'
-            yield from string_pieces(key, "surrogatepass")
-            yield b'":'
-            yield from canonical_pieces(value[key])
-        yield b"}"
-    elif isinstance(value, list | tuple):
-        yield b"["
-        for index, item in enumerate(value):
-            if index:
-                yield b","
-            yield from canonical_pieces(item)
-        yield b"]"
-    else:
-        yield json.dumps(value, allow_nan=False).encode()
+    allow_nan=False).encode("utf-8", "surrogatepass")`` in pieces, for hashing a large body
+    without a second and third copy of it."""
+    for piece in json_text_pieces(value, separators=(",", ":"), allow_nan=False):
+        yield piece.encode("utf-8", "surrogatepass")
 
 
 def json_object(raw: bytes, *, required: bool = True, **extra: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from management_api import names
+from management_api.bodies import json_text_pieces
 from management_api.proxy.wait_queue import CLASSES as PRIORITY_CLASSES
 from management_api.tasks.jsonschema import SchemaError, check_schema
 
@@ -87,14 +88,13 @@ class Template:
             if match.start() > position:
                 yield self.text[position : match.start()]
             value = values[name]
-            yield value if isinstance(value, str) else _field_json(value)
+            if isinstance(value, str):
+                yield value
+            else:  # its JSON (sorted keys), written a piece at a time
+                yield from json_text_pieces(value)
             position = match.end()
         if position < len(self.text):
             yield self.text[position:]
-
-
-def _field_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
 def input_fields(value: Any) -> dict[str, Any]:

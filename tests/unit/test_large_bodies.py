@@ -13,6 +13,7 @@ from management_api import errors
 from management_api.bodies import (
     ESCAPE_SLICE,
     canonical_pieces,
+    json_text_pieces,
     loads_releasing,
     read_buffer,
     string_pieces,
@@ -114,6 +115,20 @@ def test_a_lone_surrogate_is_sent_as_the_escape_go_reads_as_u_fffd():
 )
 def test_canonical_pieces_join_to_the_canonical_json(value):
     assert b"".join(canonical_pieces(value)) == _canonical(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"b": [1, 2.5, None, True], "a": {"z": "é" * (ESCAPE_SLICE + 3), "y": []}, "c": {}},
+        ["x", {"k": "\u2028"}, []],
+        "plain",
+        math.nan,
+    ],
+)
+def test_json_text_pieces_join_to_json_dumps(value):
+    expected = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    assert "".join(json_text_pieces(value)) == expected
 
 
 def test_canonical_pieces_refuse_what_json_cannot_repeat():
