@@ -24,6 +24,7 @@ from management_api.proxy.priority import DEFAULT_POLICY, CallerPolicy
 from management_api.proxy.priority import HEADER as PRIORITY_HEADER
 from management_api.proxy.transport import BodyParts, ClientGone, ClientWatch
 from management_api.tasks import breaker as breakers
+from management_api.tasks.config import Verbatim
 from management_api.tasks.jsonschema import validate
 
 MAX_ERROR_BODY = 64 * 1024
@@ -189,7 +190,7 @@ PROMPT_HEAD_CHARS = 200
 
 
 @dataclass(frozen=True)
-class EncodedPrompt:
+class EncodedPrompt(Verbatim):
     """A prompt as a JSON string, UTF-8 in pieces: built once per request and sent by each of
     its branches, never copied per branch nor held a second time as one string."""
 
@@ -197,15 +198,22 @@ class EncodedPrompt:
     head: str  # its first characters: whether it is empty is all admission reads of it
 
 
-def encode_prompt(parts: Iterable[str]) -> EncodedPrompt:
+def encode_prompt(parts: Iterable[str | Verbatim]) -> EncodedPrompt:
     """Encode the prompt that is the concatenation of ``parts`` (a template's literal text and
-    field values): the JSON escape of a concatenation is the concatenation of the escapes."""
+    field values): the JSON escape of a concatenation is the concatenation of the escapes, so
+    a part already encoded (the task's prompt inside a judge's) is spliced in, not copied."""
     pieces = [b'"']
     head = ""
     for part in parts:
+        if isinstance(part, EncodedPrompt):
+            text, escaped = part.head, part.pieces[1:-1]  # without its quotes
+        elif isinstance(part, str):
+            text, escaped = part, tuple(string_pieces(part))
+        else:
+            raise TypeError(f"a prompt is made of text, not {type(part).__name__}")
         if len(head) < PROMPT_HEAD_CHARS:
-            head += part[: PROMPT_HEAD_CHARS - len(head)]
-        pieces.extend(string_pieces(part))
+            head += text[: PROMPT_HEAD_CHARS - len(head)]
+        pieces.extend(escaped)
     pieces.append(b'"')
     return EncodedPrompt(tuple(pieces), head)
 

@@ -75,9 +75,9 @@ class Template:
         return tuple(dict.fromkeys(_FIELD.findall(self.text)))
 
     def render(self, values: Mapping[str, Any]) -> str:
-        return "".join(self.pieces(values))
+        return "".join(str(piece) for piece in self.pieces(values))
 
-    def pieces(self, values: Mapping[str, Any]) -> Iterator[str]:
+    def pieces(self, values: Mapping[str, Any]) -> Iterator[str | Verbatim]:
         """The rendered text as its literal parts and field values, in order (never joined:
         a large input is not copied into a second string). TemplateError for a missing field."""
         position = 0
@@ -88,13 +88,19 @@ class Template:
             if match.start() > position:
                 yield self.text[position : match.start()]
             value = values[name]
-            if isinstance(value, str):
+            if isinstance(value, str | Verbatim):  # text, or text in another form
                 yield value
             else:  # its JSON (sorted keys), written a piece at a time
                 yield from json_text_pieces(value)
             position = match.end()
         if position < len(self.text):
             yield self.text[position:]
+
+
+class Verbatim:
+    """A field value that is already text in another form (the task's prompt, encoded once,
+    as a judge's ``{{prompt}}``): `Template.pieces` hands it on as it is, for the consumer to
+    splice in without a copy."""
 
 
 def input_fields(value: Any) -> dict[str, Any]:

@@ -316,7 +316,7 @@ class Orchestrator:
         model: str,
         role: str,
         *,
-        prompt: str | None = None,
+        prompt: br.EncodedPrompt | None = None,
         fmt: Any = None,
         options: dict[str, Any] | None = None,
         system: str | None = None,
@@ -327,12 +327,8 @@ class Orchestrator:
         if not self.breakers.begin(key):
             self._skip(run, model, "breaker_open", role)
             return None
-        shared = not prompt  # the task's prompt, not one of its own (the judge's)
-        body: dict[str, Any] = {
-            "model": model,
-            "prompt": run.prompt.head if shared else prompt,
-            "stream": True,
-        }
+        encoded = prompt if prompt is not None else run.prompt  # the judge has its own
+        body: dict[str, Any] = {"model": model, "prompt": encoded.head, "stream": True}
         system = system if system is not None else task.system
         if system:
             body["system"] = system
@@ -352,8 +348,7 @@ class Orchestrator:
             schema=fmt if role == "judge" else task.schema,
             deadline=deadline if deadline is not None else run.deadline,
         )
-        if shared:
-            branch.prompt_json = run.prompt
+        branch.prompt_json = encoded
         run.branches.append(branch)
         call = run.call
 
@@ -646,11 +641,10 @@ class Orchestrator:
         labels = {f"c{i + 1}": b for i, b in enumerate(shuffled)}
         listing = "\n\n".join(f"[{label}]\n{b.content.strip()}" for label, b in labels.items())
         fields = input_fields(run.call.input)
-        # The task's prompt is rendered again only here (a judge is the one reader of its text).
-        prompt = task.template.render(input_fields(run.call.input))
-        fields.update(candidates=listing, task=task.name, prompt=prompt)
+        # The task's prompt as it was encoded for the candidates: spliced into the judge's.
+        fields.update(candidates=listing, task=task.name, prompt=run.prompt)
         try:
-            prompt = judge.template.render(fields)
+            prompt = br.encode_prompt(judge.template.pieces(fields))
         except TemplateError as exc:
             raise errors.BadRequest(str(exc), type="invalid_input", field="input") from None
         schema = {

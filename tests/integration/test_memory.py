@@ -59,8 +59,9 @@ INFER_MODELS = ["llama3.2:1b", "gemma3:4b", "qwen3:14b-q8", "llama3.2:latest"]
 
 
 def _infer_peak_growth(
-    fake: FakeOllama, folder: Path, models: list[str], text: str | dict
-) -> tuple[int, int]:
+    fake: FakeOllama, folder: Path, models: list[str], text: str | dict,
+    task: str = "enrich_metadata",
+) -> tuple[int, int]:  # fmt: skip
     """How much a fresh worker's peak (VmHWM) grows for one /v1/infer with an 8 MB input."""
     limits = "[defaults]\nmax_concurrency = 4\nmax_queue = 8\n"
     env = _own_service_env(fake, folder, limits, LLM_INFER_MAX_INPUT_MB="8")
@@ -70,18 +71,19 @@ def _infer_peak_growth(
         assert loaded.status_code == 200, loaded.text
     with ServiceProcess(env=env) as service:
         worker = _worker_pid(service.process.pid)
-        small = {"task": "enrich_metadata", "input": "warm up", "models": models}
+        small = {"task": task, "input": "warm up", "models": models}
         warm = requests.post(service.management_url + "/v1/infer", json=small, timeout=30)
         # Every model is asked and answers (the emulator's answer is not the task's JSON: 502).
         assert warm.status_code in (200, 502), warm.text
         before = _vm_hwm_bytes(worker)
-        body = json.dumps({"task": "enrich_metadata", "input": text, "models": models},
+        body = json.dumps({"task": task, "input": text, "models": models},
                           ensure_ascii=False).encode()  # fmt: skip
         assert 8 * 2**20 - 1000 < len(body) <= 8 * 2**20
         answer = requests.post(service.management_url + "/v1/infer", data=body, timeout=60,
                                headers=json_type)  # fmt: skip
         assert answer.status_code in (200, 502), answer.text[:300]
-        asked = [c["model"] for c in answer.json()["candidates"] if c["status"] != "skipped"]
+        asked = [c["model"] for c in answer.json()["candidates"]
+                 if c["status"] != "skipped" and c["role"] == "candidate"]  # fmt: skip
         assert sorted(asked) == sorted(models), answer.text[:2000]
         grown = _vm_hwm_bytes(worker) - before
         too_big = requests.post(service.management_url + "/v1/infer", data=body + b" " * 2**20,
@@ -103,16 +105,21 @@ def test_infer_has_its_own_input_cap_and_memory_does_not_grow_per_model(fake, tm
     # An object's field the template shows as JSON ({{input}} of an object): written in pieces.
     fields, _ = _infer_peak_growth(fake, tmp_path / "object", INFER_MODELS,
                                    {"text": ascii_text[:-20]})  # fmt: skip
+    # A judge's prompt holds the task's whole prompt: its encoding is spliced in, not copied.
+    judged, _ = _infer_peak_growth(fake, tmp_path / "judge", INFER_MODELS[:2], ascii_text,
+                                   task="site_tactics")  # fmt: skip
     print(f"worker peak grew {one / 2**20:.0f} MB (1 model), {four / 2**20:.0f} MB (4 models), "
           f"{plain / 2**20:.0f} MB (4 models, ASCII), {fields / 2**20:.0f} MB (4 models, an "
-          f"object) for a {size / 2**20:.1f} MB body")  # fmt: skip
+          f"object), {judged / 2**20:.0f} MB (2 models and a judge, ASCII) for a "
+          f"{size / 2**20:.1f} MB body")  # fmt: skip
     # Held about once whatever the number of models (measured 14 MB for an 8 MB body; it was
     # 80-87 MB, then 38 MB): the body is read into one buffer that is emptied once decoded,
     # the cache key is hashed a piece at a time, the prompt is encoded straight from the
     # template's parts (never rendered whole) and shared by the branches, and Ollama's
     # `context` (one number per prompt token) is skipped as it arrives. An object input was
-    # 25 MB while its JSON for the template was written out whole.
-    assert max(one, four, plain, fields) <= 3 * size, (one, four, plain, fields)
+    # 25 MB while its JSON for the template was written out whole; a judged task 41 MB while
+    # the judge's prompt rendered the task's prompt again.
+    assert max(one, four, plain, fields, judged) <= 3 * size, (one, four, plain, fields, judged)
 
 
 EMBED_MODEL = "nomic-embed-text:latest"

@@ -172,6 +172,16 @@ def test_a_template_field_that_is_not_text_is_its_json_and_a_missing_one_is_refu
         encode_prompt(t.pieces(input_fields("only input")))
 
 
+def test_a_judge_prompt_splices_the_task_prompt_without_copying_it():
+    task_prompt = encode_prompt(Template("Q: {{input}}", "t").pieces({"input": "é" * 70000}))
+    judge = Template("Request:\n{{prompt}}\nAnswers:\n{{candidates}}", "j")
+    encoded = encode_prompt(judge.pieces({"prompt": task_prompt, "candidates": "[c1]\nyes"}))
+    text = "Request:\nQ: " + "é" * 70000 + "\nAnswers:\n[c1]\nyes"
+    assert json.loads(b"".join(encoded.pieces)) == text
+    assert encoded.head == text[:200]
+    assert all(any(p is q for q in encoded.pieces) for p in task_prompt.pieces[1:-1])
+
+
 def test_a_branch_body_is_ollamas_body_with_the_shared_prompt():
     prompt = "Say: " + "é" * 70000
     branch = Branch(index=0, model="m:1b", role="candidate", output="text", schema=None,
