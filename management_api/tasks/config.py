@@ -75,7 +75,8 @@ class Template:
         return tuple(dict.fromkeys(_FIELD.findall(self.text)))
 
     def render(self, values: Mapping[str, Any]) -> str:
-        return "".join(str(piece) for piece in self.pieces(values))
+        """The text itself (a `Verbatim` field has none here: TypeError)."""
+        return "".join(self.pieces(values))  # type: ignore[arg-type]
 
     def pieces(self, values: Mapping[str, Any]) -> Iterator[str | Verbatim]:
         """The rendered text as its literal parts and field values, in order (never joined:
