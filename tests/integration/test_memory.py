@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -99,15 +100,23 @@ def test_infer_has_its_own_input_cap_and_memory_does_not_grow_per_model(fake, tm
         fake.set_model(model, ttft_seconds=0.5, tokens=8, tokens_per_second=1000)
     accented = "é" * (4 * 2**20 - 200)  # 2 bytes of UTF-8 each, 1 byte each in a str
     ascii_text = "a" * (8 * 2**20 - 200)  # 1 byte each in the body and in a str: the worst
-    one, size = _infer_peak_growth(fake, tmp_path / "one", INFER_MODELS[:1], accented)
-    four, _ = _infer_peak_growth(fake, tmp_path / "four", INFER_MODELS, accented)
-    plain, _ = _infer_peak_growth(fake, tmp_path / "ascii", INFER_MODELS, ascii_text)
-    # An object's field the template shows as JSON ({{input}} of an object): written in pieces.
-    fields, _ = _infer_peak_growth(fake, tmp_path / "object", INFER_MODELS,
-                                   {"text": ascii_text[:-20]})  # fmt: skip
-    # A judge's prompt holds the task's whole prompt: its encoding is spliced in, not copied.
-    judged, _ = _infer_peak_growth(fake, tmp_path / "judge", INFER_MODELS[:2], ascii_text,
-                                   task="site_tactics")  # fmt: skip
+    cases = {
+        "one": (INFER_MODELS[:1], accented, "enrich_metadata"),
+        "four": (INFER_MODELS, accented, "enrich_metadata"),
+        "ascii": (INFER_MODELS, ascii_text, "enrich_metadata"),
+        # An object's field the template shows as JSON ({{input}} of an object): in pieces.
+        "object": (INFER_MODELS, {"text": ascii_text[:-20]}, "enrich_metadata"),
+        # A judge's prompt holds the task's whole prompt: its encoding is spliced in.
+        "judge": (INFER_MODELS[:2], ascii_text, "site_tactics"),
+    }
+    # Each case in a service of its own, side by side: each worker's peak is its case's.
+    with ThreadPoolExecutor(len(cases)) as pool:
+        futures = {name: pool.submit(_infer_peak_growth, fake, tmp_path / name, models, text,
+                                     task=task)
+                   for name, (models, text, task) in cases.items()}  # fmt: skip
+        grown = {name: future.result() for name, future in futures.items()}
+    size = grown["one"][1]
+    one, four, plain, fields, judged = (grown[name][0] for name in cases)
     print(f"worker peak grew {one / 2**20:.0f} MB (1 model), {four / 2**20:.0f} MB (4 models), "
           f"{plain / 2**20:.0f} MB (4 models, ASCII), {fields / 2**20:.0f} MB (4 models, an "
           f"object), {judged / 2**20:.0f} MB (2 models and a judge, ASCII) for a "
@@ -158,8 +167,10 @@ def test_a_partial_embedding_hit_holds_the_answer_once(fake, tmp_path):
     it arrives and sent as pieces of the stored vectors (it was parsed into a float object per
     number, re-encoded and joined: a 27 MB answer added 183 MB to the peak). The same batch as
     a plain miss is recorded: the answer is checked and split where it lies, not parsed."""
-    partial, size = _embed_peak_growth(fake, tmp_path / "partial", 100, 1800)
-    miss, _ = _embed_peak_growth(fake, tmp_path / "miss", 0, 1800)
+    with ThreadPoolExecutor(2) as pool:  # two services side by side
+        hit = pool.submit(_embed_peak_growth, fake, tmp_path / "partial", 100, 1800)
+        plain = pool.submit(_embed_peak_growth, fake, tmp_path / "miss", 0, 1800)
+        (partial, size), (miss, _) = hit.result(), plain.result()
     print(f"worker peak grew {partial / 2**20:.0f} MB (partial hit), {miss / 2**20:.0f} MB "
           f"(plain miss) for a {size / 2**20:.1f} MB answer")  # fmt: skip
     # Measured 13-16 MB for a 15 MB answer: the fetched vectors, once; and 32 MB as a plain
