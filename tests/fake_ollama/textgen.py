@@ -111,9 +111,10 @@ def count_tokens(text: str) -> int:
 
 
 def context_ids(model: str, text: str, count: int) -> list[int]:
-    """Token ids for generate's ``context`` field."""
-    rng = random.Random(_seed("ctx", model, text))
-    return [rng.randrange(1, 128_000) for _ in range(count)]
+    """Token ids for generate's ``context`` field (1 to 65,536: drawn as random bytes, since a
+    long prompt has millions of them and one draw each took a second per 2 million)."""
+    raw = random.Random(_seed("ctx", model, text)).randbytes(2 * count)
+    return list(map((1).__add__, memoryview(raw).cast("H")))
 
 
 def embedding(model: str, text: str, dimensions: int, *, normalize: bool) -> list[float]:
