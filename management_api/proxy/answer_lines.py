@@ -42,8 +42,9 @@ def last_object(tail: bytes | bytearray) -> bytes | None:
     """The last line of ``tail`` that holds a JSON object (NDJSON, an SSE ``data:`` line or a
     whole JSON answer), without ``context``; None when there is none. When the tail begins
     inside a line longer than itself (a generate answer whose ``context`` outgrew it, a large
-    embedding batch), the fields after its last ``],"`` are the object's last ones: the
-    metrics or ``usage`` (none of them holds an array)."""
+    embedding batch, a long chat message), the fields after its last ``],"`` or ``},"`` are
+    the object's last ones: the metrics or ``usage``, which hold no array and no object but
+    ``usage``'s own (a quote inside a string is escaped, so neither can be inside one)."""
     end = len(tail)
     while end > 0:
         line_start = tail.rfind(b"\n", 0, end) + 1
@@ -60,7 +61,7 @@ def last_object(tail: bytes | bytearray) -> bytes | None:
         if tail[start] == ord("{"):
             return without_context(tail, start, stop)
         if line_start == 0:  # the tail's first line: maybe the end of a longer one
-            cut = tail.rfind(b'],"', start, stop)
+            cut = max(tail.rfind(b'],"', start, stop), tail.rfind(b'},"', start, stop))
             if cut >= 0:
                 return b"{" + bytes(tail[cut + 2 : stop])
     return None

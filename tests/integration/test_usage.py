@@ -188,7 +188,8 @@ def test_usage_equals_the_access_log_and_survives_a_restart(emulator, folder):
 
 def test_long_prompts_and_large_batches_are_counted(emulator, folder, tmp_path):
     """Answers whose last line outgrows the 64 KB tail kept for the counts: a generate with a
-    72,000-token prompt (its `context` is as long) and a 20-input embedding batch (178 KB).
+    72,000-token prompt (its `context` is as long), a non-stream chat answer of 12,000 tokens
+    and a 20-input embedding batch (178 KB).
     They counted 0 tokens and 0 GPU-seconds, and so cost their callers nothing in fair share."""
     env = {**_env(emulator, folder), "LLM_STATE_DIR": str(tmp_path), "LLM_CACHE_MAX_MB": "0"}
     prompt = " ".join(f"word{i}" for i in range(30000))
@@ -202,16 +203,25 @@ def test_long_prompts_and_large_batches_are_counted(emulator, folder, tmp_path):
             assert len(answer.content.strip().splitlines()[-1]) > 65536
             expected["prompt_tokens"] += last["prompt_eval_count"]
             expected["completion_tokens"] += last["eval_count"]
+        # A non-stream chat answer past the tail: its message is the long part.
+        emulator.set_model("llama3.2:latest", tokens=12000, tokens_per_second=200000)
+        chat = requests.post(process.proxy_url + "/api/chat", timeout=60, json={
+            "model": "llama3.2:latest", "stream": False,
+            "messages": [{"role": "user", "content": "a long story"}]})  # fmt: skip
+        assert chat.status_code == 200 and len(chat.content) > 65536, chat.text[:300]
         batch = requests.post(process.proxy_url + "/api/embed", timeout=60,
                               json={"model": "nomic-embed-text",
                                     "input": [f"text {i}" for i in range(20)]})  # fmt: skip
         assert batch.status_code == 200 and len(batch.content) > 65536
-        _wait_for_line(process, 3)
+        _wait_for_line(process, 4)
         rows = {row["model"]: row for row in _usage(process.management_url,
                                                     group_by="model")["groups"]}  # fmt: skip
         assert rows[LLAMA]["prompt_tokens"] == expected["prompt_tokens"] > 140000
         assert rows[LLAMA]["completion_tokens"] == expected["completion_tokens"]
         assert rows[LLAMA]["gpu_seconds"] > 0
+        long_chat = rows["llama3.2:latest"]
+        assert long_chat["completion_tokens"] == chat.json()["eval_count"] >= 12000
+        assert long_chat["prompt_tokens"] == chat.json()["prompt_eval_count"]
         embed = rows["nomic-embed-text:latest"]
         assert embed["prompt_tokens"] == batch.json()["prompt_eval_count"] > 0
         assert embed["gpu_seconds"] > 0

@@ -77,3 +77,11 @@ def test_only_an_array_of_numbers_is_cut_as_context():
     nested = b'{"message":{"tool_calls":[{"arguments":{"context":["a]b"]}}]},"eval_count":3}'
     assert without_context(nested) == nested  # strings: not Ollama's token ids, kept whole
     assert answer_usage(nested) == AnswerUsage(None, 3, None)
+
+
+def test_the_end_of_a_long_chat_message_gives_its_usage():
+    line = (b'{"model":"m","created_at":"2026-12-06T00:00:00Z","message":{"role":"assistant",'
+            b'"content":"' + b'a \\"quoted\\" },\\" word ' * 9000 + b'"},"done_reason":"stop",'
+            b'"done":true,"total_duration":5,"prompt_eval_count":7,"prompt_eval_duration":2,'
+            b'"eval_count":9000,"eval_duration":3}')  # fmt: skip
+    assert answer_usage(line[-65536:]) == answer_usage(line) == AnswerUsage(7, 9000, 5 / 1e9)
