@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +43,7 @@ def token_shares(texts: list[str], total: int) -> list[int]:
     return shares
 
 
-def _int(value: Any) -> int:
+def int_or_zero(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
@@ -193,8 +192,9 @@ def split_answer(
     for text, vector in zip(texts, splitter.vectors, strict=True):
         first.setdefault(text, vector)
     unique = list(first)
-    shares = token_shares(unique, _int(fields.get("prompt_eval_count")))
-    total, load = _int(fields.get("total_duration")), _int(fields.get("load_duration"))
+    shares = token_shares(unique, int_or_zero(fields.get("prompt_eval_count")))
+    total = int_or_zero(fields.get("total_duration"))
+    load = int_or_zero(fields.get("load_duration"))
     items = {
         text: EmbedItem(first[text], tokens, total, load)
         for text, tokens in zip(unique, shares, strict=True)
@@ -221,18 +221,3 @@ def compose_answer(
         % (total_duration, load_duration, prompt_eval_count)
     )
     return pieces
-
-
-def in_blocks(pieces: list[bytes], size: int = 1 << 16) -> Iterator[bytes]:
-    """The pieces joined into blocks of about `size` bytes as they are sent: a few writes for
-    a batch, not two per vector, and never a whole second copy of the answer."""
-    block: list[bytes] = []
-    held = 0
-    for piece in pieces:
-        block.append(piece)
-        held += len(piece)
-        if held >= size:
-            yield b"".join(block)
-            block, held = [], 0
-    if block:
-        yield b"".join(block)

@@ -29,7 +29,7 @@ from management_api.cache.embeddings import (
     AnswerSplitter,
     EmbedItem,
     compose_answer,
-    in_blocks,
+    int_or_zero,
     split_answer,
 )
 from management_api.cache.policy import (
@@ -486,7 +486,10 @@ class ResponseCache:
                              outcome="cache_hit" if result == HIT else "coalesced",
                              bytes_sent=sum(map(len, pieces)),
                              saved_tokens=saved_tokens)  # fmt: skip
-        return ForwardedResponse(status=200, headers=headers, body=pieces)
+        # A JSON answer in pieces (a reassembled batch) goes out in blocks; stream lines as
+        # they are, one write each, as Ollama sent them.
+        body = _in_blocks(pieces) if plan.shape == JSON else pieces
+        return ForwardedResponse(status=200, headers=headers, body=body)
 
     def _lead_or_follow(
         self, plan: Plan, request: ClientRequest, upstream: Upstream, started: float
@@ -650,10 +653,9 @@ class ResponseCache:
                 load_duration=max(item.load_duration for item in items),
                 prompt_eval_count=tokens,
             )
-            served = self._served(plan, request, started,
-                                  ("application/json; charset=utf-8", pieces), HIT,
-                                  saved_tokens=tokens)  # fmt: skip
-            return dataclasses.replace(served, body=in_blocks(pieces))
+            return self._served(plan, request, started,
+                                ("application/json; charset=utf-8", pieces), HIT,
+                                saved_tokens=tokens)  # fmt: skip
         return self._embed_misses(plan, request, upstream, found, model)
 
     def _embed_misses(
@@ -700,13 +702,13 @@ class ResponseCache:
         out = compose_answer(
             model,
             items,
-            total_duration=_whole(fields.get("total_duration")),
-            load_duration=_whole(fields.get("load_duration")),
+            total_duration=int_or_zero(fields.get("total_duration")),
+            load_duration=int_or_zero(fields.get("load_duration")),
             prompt_eval_count=tokens + sum(item.tokens for item in found.values()),
         )
         headers = [(n, v) for n, v in response.headers if n.lower() != "content-length"]
         headers += [("Content-Length", str(sum(map(len, out)))), (HEADER, MISS)]
-        return ForwardedResponse(status=200, headers=headers, body=in_blocks(out))
+        return ForwardedResponse(status=200, headers=headers, body=_in_blocks(out))
 
     def _keep_items(self, plan: Plan, texts: list[str], body: bytes) -> None:
         split = split_answer(texts, body)
@@ -780,11 +782,19 @@ class ResponseCache:
 _ROUTE_OF_KIND = {kind: path for path, kind in INFERENCE_ROUTES.items()}
 
 
-def _whole(value: Any) -> int:
-    """A duration of Ollama's answer as a whole number (0 when it is none)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        return 0
-    return int(value) if abs(value) < 2**63 else 0
+def _in_blocks(pieces: list[bytes], size: int = 1 << 16) -> Iterator[bytes]:
+    """Pieces joined into blocks of about `size` bytes as they are sent: a reassembled batch
+    goes out in a few writes, not two per vector, and never as a whole second copy."""
+    block: list[bytes] = []
+    held = 0
+    for piece in pieces:
+        block.append(piece)
+        held += len(piece)
+        if held >= size:
+            yield b"".join(block)
+            block, held = [], 0
+    if block:
+        yield b"".join(block)
 
 
 def request_route(plan: Plan) -> str:

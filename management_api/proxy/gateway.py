@@ -484,7 +484,7 @@ class Gateway:
 
         def on_close(body: ProxiedBody) -> None:
             # Called once Ollama has let go of the request (at once for a complete answer).
-            usage = record.usage = answer_usage(body.last_chunk)
+            usage = record.usage = answer_usage(body.tail)
             if slot is not None and usage.gpu_seconds is not None:
                 slot.charge_seconds = usage.gpu_seconds  # fair share counts GPU time
             self._release(record, slot, body.released_after, body.release_timed_out)

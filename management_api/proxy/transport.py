@@ -623,7 +623,7 @@ class ProxiedBody:
         return chunk
 
     @property
-    def last_chunk(self) -> bytes:
+    def tail(self) -> bytes:
         """The answer's last bytes, at most TAIL_BYTES: its final line, or that line's end
         when it is longer (a split line is joined back; answer_usage reads either)."""
         return b"".join(self._tail)[-TAIL_BYTES:]

@@ -418,7 +418,7 @@ def test_missing_template_field_is_a_400(svc):
     assert svc.infer("q", input={"query": "x"}).status_code == 200
 
 
-def test_an_input_with_lone_surrogates_reaches_ollama_as_their_escapes(svc):
+def test_an_input_with_lone_surrogates_is_answered(svc):
     # Sent as the escapes they came as, which Go reads as U+FFFD, as if the caller had asked
     # Ollama itself (the branch's encoding raised on them: a 500).
     r = svc.infer("fb", input="before \ud800 after \udfff")
